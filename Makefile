@@ -1,0 +1,54 @@
+# Two entry points for a fresh clone: `make test` and (with the server issue) `make serve`.
+# Each creates .venv, installs what it needs (Python packages, compiled extensions, Debian
+# packages) and runs.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+SILERO_VAD_VERSION := 6.2.3
+
+.PHONY: test lint pytest venv install-test build bench serve clean weights
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip setuptools wheel
+
+venv: $(PY)
+
+# The package in editable mode with its test extras; the silero-vad wheel without its torch
+# dependency, only for the official ONNX model the accuracy tests compare against.
+install-test: $(PY)
+	$(PIP) install --quiet -e '.[test]'
+	$(PIP) install --quiet --no-deps silero-vad==$(SILERO_VAD_VERSION)
+
+build: $(PY)
+	$(PY) setup.py build_ext --inplace --quiet
+
+test: install-test build lint pytest
+
+lint:
+	$(VENV)/bin/ruff check activecall tests bench scripts
+	$(VENV)/bin/ruff format --check activecall tests bench scripts
+	$(VENV)/bin/mypy
+
+pytest:
+	$(PY) -m pytest -q
+
+# Benchmarks need extra packages (and Debian's libc++1 for TEN VAD).
+bench: install-test build
+	$(PIP) install --quiet -e '.[bench]'
+	@command -v apt-get >/dev/null && (dpkg -s libc++1 >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq libc++1)) || true
+	$(PY) bench/codecs.py
+	$(PY) bench/vad_rtf.py
+
+# Re-extract the TinySilero weights from the official silero-vad wheel (needs the network).
+weights: $(PY)
+	$(PIP) install --quiet onnx
+	$(PY) scripts/extract_silero_weights.py
+
+serve:
+	@echo "The server arrives with the gateway issue; nothing to serve yet." && exit 1
+
+clean:
+	rm -rf build activecall/_native/*.so activecall/_native/*.c activecall/_native/*.html

@@ -1,0 +1,1 @@
+"""Media processing cores without I/O (VAD event logic, framing)."""

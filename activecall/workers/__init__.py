@@ -1,0 +1,1 @@
+"""Worker processes: each owns whole sessions and runs their media pipeline (later issues)."""
