@@ -75,8 +75,9 @@ def write_results(name: str, title: str, table: str, notes: str = "") -> Path:
     return out
 
 
-def bar_chart(name: str, title: str, labels: Sequence[str], values: Sequence[float],
-              xlabel: str) -> Path:
+def bar_chart(
+    name: str, title: str, labels: Sequence[str], values: Sequence[float], xlabel: str
+) -> Path:
     """A horizontal bar chart written to ``bench/results/<name>.png``."""
     import matplotlib
 
