@@ -28,8 +28,8 @@ build: $(PY)
 test: install-test build lint pytest
 
 lint:
-	$(VENV)/bin/ruff check activecall tests bench scripts
-	$(VENV)/bin/ruff format --check activecall tests bench scripts
+	$(VENV)/bin/ruff check activecall tests bench scripts setup.py
+	$(VENV)/bin/ruff format --check activecall tests bench scripts setup.py
 	$(VENV)/bin/mypy
 
 pytest:
@@ -39,8 +39,9 @@ pytest:
 bench: install-test build
 	$(PIP) install --quiet -e '.[bench]'
 	@command -v apt-get >/dev/null && (dpkg -s libc++1 >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq libc++1)) || true
-	$(PY) bench/codecs.py
-	$(PY) bench/vad_rtf.py
+	$(PY) -m bench.codecs
+	$(PY) -m bench.vad_rtf
+	$(PY) -m bench.startup
 
 # Re-extract the TinySilero weights from the official silero-vad wheel (needs the network).
 weights: $(PY)

@@ -48,4 +48,22 @@ directives = {
     "embedsignature": True,
 }
 
-setup(ext_modules=cythonize(_extensions(), compiler_directives=directives, annotate=DEBUG))
+
+def _mode_changed() -> bool:
+    """True when the last build was of the other mode (debug vs release): rebuild everything."""
+    marker = HERE / "build" / "activecall-build-mode"
+    mode = "debug" if DEBUG else "release"
+    changed = not marker.exists() or marker.read_text() != mode
+    marker.parent.mkdir(exist_ok=True)
+    marker.write_text(mode)
+    return changed
+
+
+setup(
+    ext_modules=cythonize(
+        _extensions(),
+        compiler_directives=directives,
+        annotate=DEBUG,
+        force=_mode_changed(),
+    )
+)
