@@ -22,7 +22,9 @@ install-test: $(PY)
 	$(PIP) install --quiet -e '.[test]'
 	$(PIP) install --quiet --no-deps silero-vad==$(SILERO_VAD_VERSION)
 
+# `pip install -e .` builds the extensions in place already; this rebuilds after .pyx edits.
 build: $(PY)
+	$(PIP) install --quiet 'Cython>=3.0' 'setuptools>=77' numpy
 	$(PY) setup.py build_ext --inplace --quiet
 
 test: install-test build lint pytest

@@ -20,10 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from bench._common import RESULTS, best_of, format_table, load_speech, write_results
 
 from activecall._native import resample
 from activecall._native.resample import SUPPORTED_RATES, Resampler
+from bench._common import RESULTS, best_of, format_table, load_speech, write_results
 
 PAIRS = list(itertools.permutations(SUPPORTED_RATES, 2))
 AMPLITUDE = 0.5
