@@ -1,0 +1,58 @@
+"""Control records between the supervisor and a worker: the ring's ``KIND_CONTROL`` payloads.
+
+Each payload is one JSON object with an ``op``; the record's slot names the session (slot 0 is
+the worker itself for ``heartbeat``/``stop``). Text records (``KIND_TEXT``) carry a session's
+commands (supervisor → worker: the client's text frame as received, or a
+``POST /command/{id}`` body) and events (worker →
+supervisor, ready to send); audio records (``KIND_AUDIO``) carry a session's binary frames in
+the call's codec, both ways.
+
+========================  ===========  ======================================================
+op                        direction    fields
+========================  ===========  ======================================================
+``open``                  sup → wrk    ``id``, ``callType``, ``params`` (query params), ``ts``
+``close``                 sup → wrk    ``reason`` (the client went away: ``caller``)
+``kill``                  sup → wrk    (``GET /kill/{id}``: the server ends the call)
+``ended``                 wrk → sup    ``id``: the session is over, all its events were sent
+``heartbeat``             wrk → sup    ``sessions``, ``vadUs``, ``lagUs``, ``framesIn``, ...
+``stop``                  sup → wrk    drain and exit
+========================  ===========  ======================================================
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "OP_CLOSE",
+    "OP_ENDED",
+    "OP_HEARTBEAT",
+    "OP_KILL",
+    "OP_OPEN",
+    "OP_STOP",
+    "decode",
+    "encode",
+]
+
+OP_OPEN = "open"
+OP_CLOSE = "close"
+OP_KILL = "kill"
+OP_ENDED = "ended"
+OP_HEARTBEAT = "heartbeat"
+OP_STOP = "stop"
+WORKER_SLOT = 0
+
+
+def encode(op: str, **fields: Any) -> bytes:
+    """One control payload."""
+    return orjson.dumps({"op": op, **fields})
+
+
+def decode(payload: bytes) -> dict[str, Any]:
+    """Parse a control payload; raises ValueError on anything but a JSON object with ``op``."""
+    obj = orjson.loads(payload)
+    if not isinstance(obj, dict) or not isinstance(obj.get("op"), str):
+        raise ValueError("control record without an op")
+    return obj
