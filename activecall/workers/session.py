@@ -1,0 +1,611 @@
+"""One WebSocket-audio call (``/call``) inside the worker that owns it.
+
+The session is driven from outside and owns no sockets, no timers and no clock: the worker
+hands it the client's text and binary frames, one :meth:`CallSession.tick` every 20 ms with
+the time, and the VAD probabilities of the chunks it asked for (the worker evaluates every
+session's chunks in one batched call per tick). It answers through its :class:`SessionPort`:
+events as JSON text, agent audio as frames in the call's codec.
+
+Call states, in one place:
+
+==========  ==================  ==================  ==========================================
+state       invite              other command        audio in
+==========  ==================  ==================  ==========================================
+CREATED     → ANSWERED          ``error``            ``error`` (once), dropped
+ANSWERED    ``error``           handled              decoded → recorder, VAD
+ENDED       ignored             ignored              ignored
+==========  ==================  ==================  ==========================================
+
+``hangup`` (command, ``autoHangup``, inactivity, client gone, kill) sends the ``hangup``
+event from any live state, closes the recorder and the dump, writes the call record, and
+tells the port the session is over.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import logging
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from activecall.media.codec import FRAME_SAMPLES, INTERNAL_RATE, CallCodec, Pcm, Reframer
+from activecall.media.dump import (
+    CallRecord,
+    EventDump,
+    RecorderMedia,
+    rfc3339,
+    write_call_record,
+)
+from activecall.media.playback import PlaybackError, PlaybackTrack, decode_audio_file
+from activecall.media.recorder import WavRecorder, recording_path, safe_file_name
+from activecall.media.vad import Silence, Speaking, VadOption, VadProcessor
+from activecall.protocol import (
+    AddHistoryEvent,
+    AnswerEvent,
+    CallOption,
+    Command,
+    CommandError,
+    CustomCommand,
+    CustomEvent,
+    ErrorEvent,
+    Event,
+    HangupCommand,
+    HangupEvent,
+    HistoryCommand,
+    InactivityEvent,
+    InterruptCommand,
+    InterruptionEvent,
+    InviteCommand,
+    MuteCommand,
+    PauseCommand,
+    PlayCommand,
+    ResumeCommand,
+    SilenceEvent,
+    SpeakingEvent,
+    TrackEndEvent,
+    TrackStartEvent,
+    UnmuteCommand,
+    error_event_for,
+    parse_command,
+)
+from activecall.protocol.options import encode as encode_option
+
+__all__ = ["CallSession", "CallState", "SessionPort", "SessionSettings"]
+
+log = logging.getLogger(__name__)
+
+VAD_CHUNK = 512
+CHUNK_MS = VAD_CHUNK * 1000 // INTERNAL_RATE
+DEFAULT_INACTIVITY_S = 50
+# Commands that only make sense on SIP or WebRTC calls, or that later issues implement.
+_NOT_ON_WEBSOCKET = {
+    "accept",
+    "reject",
+    "ringing",
+    "refer",
+    "message",
+    "addIceCandidate",
+    "sendDtmf",
+    "bridge",
+    "unbridge",
+    "tts",
+}
+
+
+class CallState(enum.Enum):
+    """Where a call is in its life (the table in the module docstring)."""
+
+    CREATED = "created"
+    ANSWERED = "answered"
+    ENDED = "ended"
+
+
+class SessionPort(Protocol):
+    """What the worker gives a session: its way out and its means of blocking work."""
+
+    def now_ms(self) -> int:
+        """Wall clock, epoch milliseconds."""
+        ...
+
+    def emit_text(self, data: bytes) -> None:
+        """Send one event (JSON) to the client."""
+        ...
+
+    def emit_audio(self, data: bytes) -> None:
+        """Send one frame of agent audio, in the call's codec, to the client."""
+        ...
+
+    def end(self) -> None:
+        """The session is over; everything it emitted has been handed over."""
+        ...
+
+    def run_blocking(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        """Run ``fn(*args)`` off the event loop (thread pool)."""
+        ...
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the worker's loop (used to come back from ``run_blocking``)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSettings:
+    """Server-wide settings a session needs (from :class:`activecall.config.Config`)."""
+
+    recording_dir: Path = Path("./config/recorders")
+    dump_dir: Path = Path("./config/recorders")
+    media_cache_dir: Path | None = None
+    callrecord_dir: Path | None = None
+
+
+@dataclass(slots=True)
+class _Playing:
+    """The server-side track's current item."""
+
+    track: PlaybackTrack
+    play_id: str | None
+    auto_hangup: bool
+    wait_input_ms: int | None
+    started_ms: int
+
+
+@dataclass(slots=True)
+class _Timers:
+    last_audio_ms: int
+    wait_input_since: int | None = None
+    wait_input_ms: int = 0
+
+
+@dataclass(slots=True)
+class _Vad:
+    processor: VadProcessor
+    reframer: Reframer = field(default_factory=lambda: Reframer(VAD_CHUNK))
+    first_audio_ms: int | None = None
+    chunks_done: int = 0
+    pending: list[Pcm] = field(default_factory=list)
+
+
+class CallSession:
+    """A ``/call`` session: commands, audio in and out, VAD, playback, recording."""
+
+    def __init__(
+        self,
+        port: SessionPort,
+        session_id: str,
+        *,
+        call_type: str = "webSocket",
+        server_side_track: str = "server-side-track",
+        dump: bool = True,
+        settings: SessionSettings | None = None,
+    ) -> None:
+        self.port = port
+        self.id = session_id
+        self.call_type = call_type
+        self.server_side_track = server_side_track
+        self.settings = settings or SessionSettings()
+        self.state = CallState.CREATED
+        self.option: CallOption | None = None
+        now = port.now_ms()
+        self._start = _utc(now)
+        self._answer: datetime | None = None
+        self._timers = _Timers(last_audio_ms=now)
+        self._inactivity_ms = DEFAULT_INACTIVITY_S * 1000
+        self._decoder: Any = None
+        self._encoder: Any = None
+        self._caller_frames = Reframer(FRAME_SAMPLES)
+        self._caller_pending: list[Pcm] = []  # 20 ms caller frames not yet recorded
+        self._vad: _Vad | None = None
+        self._recorder: WavRecorder | None = None
+        self._playing: _Playing | None = None
+        self._loading = 0  # generation of the newest play request, to drop stale decodes
+        self._caller_muted = False
+        self._agent_muted = False
+        self._warned_early_audio = False
+        self._dump = (
+            EventDump(self.settings.dump_dir / f"{safe_file_name(session_id)}.events.jsonl")
+            if dump
+            else None
+        )
+
+    # ------------------------------------------------------------------ input from the client
+
+    def on_text(self, data: bytes | str) -> None:
+        """One text frame from the client: a JSON command."""
+        if self.state is CallState.ENDED:
+            return
+        if self._dump is not None:
+            self._dump.command(data, self.port.now_ms())
+        try:
+            command = parse_command(data)
+        except CommandError as exc:
+            self._emit(error_event_for(exc, self.id, self.port.now_ms()))
+            return
+        try:
+            self._handle(command)
+        except CommandError as exc:
+            self._emit(error_event_for(exc, self.id, self.port.now_ms()))
+
+    def on_audio(self, data: bytes) -> None:
+        """One binary frame from the client: caller audio in the call's codec."""
+        if self.state is not CallState.ANSWERED:
+            if self.state is CallState.CREATED and not self._warned_early_audio:
+                self._warned_early_audio = True
+                self._error("audio", "audio received before invite: dropped until the call starts")
+            return
+        now = self.port.now_ms()
+        self._timers.last_audio_ms = now
+        pcm = self._decoder.decode(data)
+        if self._caller_muted:
+            pcm = np.zeros_like(pcm)
+        if self._recorder is not None:
+            self._caller_pending.extend(self._caller_frames.push(pcm))
+        vad = self._vad
+        if vad is not None:
+            if vad.first_audio_ms is None:
+                vad.first_audio_ms = now
+            vad.pending.extend(vad.reframer.push(pcm))
+
+    def on_close(self, reason: str = "caller") -> None:
+        """The client went away."""
+        self.hangup(reason=reason, initiator="caller")
+
+    def on_kill(self) -> None:
+        """``GET /kill/{id}``: the server ends the call."""
+        self.hangup(reason="killed", initiator="system")
+
+    # ------------------------------------------------------------------ the worker's tick
+
+    def vad_chunks(self) -> list[Pcm]:
+        """Take the 512-sample chunks waiting for the batched VAD call of this tick."""
+        vad = self._vad
+        if vad is None or not vad.pending:
+            return []
+        chunks, vad.pending = vad.pending, []
+        return chunks
+
+    def on_vad(self, probabilities: npt.NDArray[np.float32]) -> None:
+        """The speech probabilities of the chunks :meth:`vad_chunks` handed out, in order."""
+        vad = self._vad
+        if vad is None or vad.first_audio_ms is None or self.state is not CallState.ANSWERED:
+            return
+        for p in probabilities:
+            ts = vad.first_audio_ms + vad.chunks_done * CHUNK_MS
+            vad.chunks_done += 1
+            for ev in vad.processor.process(float(p), ts):
+                now = self.port.now_ms()
+                if isinstance(ev, Speaking):
+                    self._timers.wait_input_since = None
+                    self._emit(
+                        SpeakingEvent(
+                            track_id=self.id,
+                            timestamp=now,
+                            start_time=ev.start_time,
+                            confidence=1.0,
+                        )
+                    )
+                elif isinstance(ev, Silence):
+                    self._emit(
+                        SilenceEvent(
+                            track_id=self.id,
+                            timestamp=now,
+                            start_time=ev.start_time,
+                            duration=ev.duration,
+                        )
+                    )
+
+    def tick(self, now_ms: int) -> None:
+        """Every 20 ms: one frame of agent audio out, the recorder, the timers."""
+        if self.state is not CallState.ANSWERED:
+            return
+        agent = self._next_agent_frame(now_ms)
+        if agent is not None and not self._agent_muted:
+            self.port.emit_audio(self._encoder.encode_frame(agent))
+        if self._recorder is not None:
+            self._record(agent)
+        if self._dump is not None:
+            self._dump.tick(now_ms)
+        self._check_timers(now_ms)
+
+    # ------------------------------------------------------------------ commands
+
+    def _handle(self, command: Command) -> None:
+        name = command.command
+        if isinstance(command, InviteCommand):
+            self._invite(command)
+            return
+        if self.state is CallState.CREATED and not isinstance(command, HangupCommand):
+            raise CommandError(f"'{name}' before 'invite': start the call first", name)
+        if isinstance(command, PlayCommand):
+            self._play(command)
+        elif isinstance(command, InterruptCommand):
+            self._interrupt(command.fade_out_ms or 0)
+        elif isinstance(command, PauseCommand):
+            if self._playing is not None:
+                self._playing.track.pause()
+        elif isinstance(command, ResumeCommand):
+            if self._playing is not None:
+                self._playing.track.resume()
+        elif isinstance(command, MuteCommand | UnmuteCommand):
+            self._mute(command.track_id, isinstance(command, MuteCommand))
+        elif isinstance(command, HistoryCommand):
+            self._emit(
+                AddHistoryEvent(
+                    sender=self.id,
+                    timestamp=self.port.now_ms(),
+                    speaker=command.speaker,
+                    text=command.text,
+                )
+            )
+        elif isinstance(command, CustomCommand):
+            self._emit(
+                CustomEvent(timestamp=self.port.now_ms(), sender=command.sender, data=command.data)
+            )
+        elif isinstance(command, HangupCommand):
+            self.hangup(reason=command.reason or "caller", initiator=command.initiator or "caller")
+        elif name in _NOT_ON_WEBSOCKET:
+            raise CommandError(f"'{name}' is not available on a {self.call_type} call", name)
+        else:  # pragma: no cover - every command is listed above
+            raise CommandError(f"'{name}' is not supported", name)
+
+    def _invite(self, command: InviteCommand) -> None:
+        if self.state is not CallState.CREATED:
+            raise CommandError("the call has already been started by an earlier invite", "invite")
+        option = command.option
+        try:
+            codec = CallCodec.create(option.codec)
+        except ValueError as exc:
+            raise CommandError(f"option.codec: {exc}", "invite") from None
+        self.option = option
+        self._decoder, self._encoder = codec.decoder(), codec.encoder()
+        if option.inactivity_timeout is not None:
+            self._inactivity_ms = option.inactivity_timeout * 1000
+        if option.vad is not None or option.vad_type is not None:
+            self._start_vad(option)
+        if option.recorder is not None:
+            self._start_recorder(option)
+        now = self.port.now_ms()
+        self.state = CallState.ANSWERED
+        self._answer = _utc(now)
+        self._timers.last_audio_ms = now
+        self._emit(TrackStartEvent(track_id=self.id, timestamp=now))
+        self._emit(AnswerEvent(track_id=self.id, timestamp=now, sdp=""))
+
+    def _start_vad(self, option: CallOption) -> None:
+        if option.vad_type not in (None, "silero"):
+            # PROTOCOL.md fix 6: name the unknown provider; the rest of the call goes on.
+            self._error("vad", f"unknown VAD type '{option.vad_type}': VAD is off for this call")
+            return
+        self._vad = _Vad(VadProcessor(option.vad or VadOption()))
+
+    def _start_recorder(self, option: CallOption) -> None:
+        assert option.recorder is not None
+        path = recording_path(option.recorder.recorder_file, self.id, self.settings.recording_dir)
+        try:
+            self._recorder = WavRecorder(path, option.recorder.samplerate or INTERNAL_RATE)
+        except (OSError, ValueError) as exc:
+            self._error("recorder", f"cannot record to {path}: {exc}")
+
+    def _play(self, command: PlayCommand) -> None:
+        self._loading += 1
+        generation = self._loading
+        play_id = command.play_id if command.play_id is not None else command.url
+        future = self.port.run_blocking(
+            functools.partial(
+                decode_audio_file,
+                command.url,
+                offset_ms=command.offset_ms or 0,
+                cache_dir=self.settings.media_cache_dir,
+            )
+        )
+
+        def done(fut: Future[Any]) -> None:
+            self.port.call_soon(lambda: self._play_ready(generation, command, play_id, fut))
+
+        future.add_done_callback(done)
+
+    def _play_ready(
+        self, generation: int, command: PlayCommand, play_id: str, fut: Future[Any]
+    ) -> None:
+        if self.state is not CallState.ANSWERED or generation != self._loading:
+            return  # the call ended or a newer play/interrupt superseded this one
+        try:
+            pcm = fut.result()
+        except PlaybackError as exc:
+            self._error("play", str(exc))
+            return
+        except Exception as exc:  # a bad file must never end the call
+            log.exception("decoding %s failed", command.url)
+            self._error("play", f"cannot play {command.url}: {exc}")
+            return
+        self._interrupt(0)
+        now = self.port.now_ms()
+        self._playing = _Playing(
+            PlaybackTrack(pcm, play_id=play_id),
+            play_id,
+            bool(command.auto_hangup),
+            command.wait_input_timeout,
+            now,
+        )
+        self._timers.wait_input_since = None
+        self._emit(TrackStartEvent(track_id=self.server_side_track, timestamp=now, play_id=play_id))
+
+    def _interrupt(self, fade_out_ms: int) -> None:
+        self._loading += 1  # a play still decoding will not start
+        playing = self._playing
+        if playing is None:
+            return
+        track = playing.track
+        if not track.finished:
+            self._emit(
+                InterruptionEvent(
+                    track_id=self.server_side_track,
+                    timestamp=self.port.now_ms(),
+                    play_id=playing.play_id,
+                    total_duration=track.duration_ms,
+                    current=track.position_ms,
+                )
+            )
+        playing.auto_hangup = False
+        playing.wait_input_ms = None
+        track.interrupt(fade_out_ms)
+        if track.finished:
+            self._track_end(self.port.now_ms())
+
+    def _mute(self, track_id: str | None, mute: bool) -> None:
+        if track_id is None or track_id == self.id:
+            self._caller_muted = mute
+        if track_id is None or track_id == self.server_side_track:
+            self._agent_muted = mute
+
+    # ------------------------------------------------------------------ per tick
+
+    def _next_agent_frame(self, now_ms: int) -> Pcm | None:
+        playing = self._playing
+        if playing is None:
+            return None
+        frame = playing.track.next_frame()
+        if playing.track.finished:
+            self._track_end(now_ms)
+        return frame
+
+    def _track_end(self, now_ms: int) -> None:
+        playing = self._playing
+        if playing is None:
+            return
+        self._playing = None
+        self._emit(
+            TrackEndEvent(
+                track_id=self.server_side_track,
+                timestamp=now_ms,
+                duration=max(0, now_ms - playing.started_ms),
+                ssrc=0,
+                play_id=playing.play_id,
+            )
+        )
+        if playing.auto_hangup:
+            self.hangup(reason="autohangup", initiator="system")
+        elif playing.wait_input_ms:
+            self._timers.wait_input_since = now_ms
+            self._timers.wait_input_ms = playing.wait_input_ms
+
+    def _record(self, agent: Pcm | None) -> None:
+        assert self._recorder is not None
+        # One caller frame pairs with this tick's agent frame; a burst of caller audio (the
+        # client sent faster than real time) is recorded against agent silence.
+        frames, self._caller_pending = self._caller_pending, []
+        self._recorder.write(frames[0] if frames else None, agent)
+        for frame in frames[1:]:
+            self._recorder.write(frame, None)
+
+    def _check_timers(self, now_ms: int) -> None:
+        timers = self._timers
+        if self._inactivity_ms > 0 and now_ms - timers.last_audio_ms >= self._inactivity_ms:
+            self._emit(InactivityEvent(track_id=self.id, timestamp=now_ms))
+            self.hangup(reason="inactivityTimeout", initiator="system")
+            return
+        since = timers.wait_input_since
+        if since is not None and now_ms - since >= timers.wait_input_ms:
+            timers.wait_input_since = None
+            self._emit(
+                SilenceEvent(
+                    track_id=self.server_side_track,
+                    timestamp=now_ms,
+                    start_time=since,
+                    duration=now_ms - since,
+                )
+            )
+
+    # ------------------------------------------------------------------ the end
+
+    def hangup(self, *, reason: str, initiator: str) -> None:
+        """End the call: ``hangup`` event, recorder and dump closed, call record written."""
+        if self.state is CallState.ENDED:
+            return
+        now = self.port.now_ms()
+        if self._playing is not None:
+            self._playing.auto_hangup = False
+            self._track_end(now)
+        self.state = CallState.ENDED
+        end = _utc(now)
+        self._emit(
+            HangupEvent(
+                track_id=self.id,
+                timestamp=now,
+                reason=reason,
+                initiator=initiator,
+                start_time=rfc3339(self._start),
+                hangup_time=rfc3339(end),
+                answer_time=rfc3339(self._answer) if self._answer else None,
+            )
+        )
+        media = self._close_recorder()
+        dump, self._dump = self._dump, None
+        if dump is not None:
+            dump.close()
+        self._write_call_record(end, reason, media, dump)
+        self.port.end()
+
+    def _close_recorder(self) -> tuple[RecorderMedia, ...]:
+        recorder = self._recorder
+        if recorder is None:
+            return ()
+        self._recorder = None
+        try:
+            recorder.close()
+            size = recorder.path.stat().st_size
+        except OSError as exc:
+            log.warning("closing the recording of %s failed: %s", self.id, exc)
+            return ()
+        return (RecorderMedia(track_id=self.id, path=str(recorder.path), size=size),)
+
+    def _write_call_record(
+        self,
+        end: datetime,
+        reason: str,
+        media: tuple[RecorderMedia, ...],
+        dump: EventDump | None,
+    ) -> None:
+        root = self.settings.callrecord_dir
+        if root is None:
+            return
+        record = CallRecord(
+            call_type=self.call_type,
+            option=encode_option(self.option) if self.option is not None else None,
+            call_id=self.id,
+            start_time=self._start,
+            answer_time=self._answer,
+            end_time=end,
+            hangup_reason=reason,
+            recorder=media,
+            extras=dict(self.option.extra) if self.option and self.option.extra else None,
+            dump_event_file=str(dump.path) if dump is not None else None,
+        )
+        try:
+            write_call_record(root, record)
+        except OSError as exc:
+            log.warning("writing the call record of %s failed: %s", self.id, exc)
+
+    # ------------------------------------------------------------------ output
+
+    def _emit(self, event: Event) -> None:
+        data = event.to_json()
+        if self._dump is not None:
+            self._dump.event(data, self.port.now_ms())
+        self.port.emit_text(data)
+
+    def _error(self, sender: str, message: str) -> None:
+        self._emit(
+            ErrorEvent(track_id=self.id, timestamp=self.port.now_ms(), sender=sender, error=message)
+        )
+
+
+def _utc(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
