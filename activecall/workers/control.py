@@ -13,10 +13,20 @@ op                        direction    fields
 ``open``                  sup → wrk    ``id``, ``callType``, ``params`` (query params), ``ts``
 ``close``                 sup → wrk    ``reason`` (the client went away: ``caller``)
 ``kill``                  sup → wrk    (``GET /kill/{id}``: the server ends the call)
-``ended``                 wrk → sup    ``id``: the session is over, all its events were sent
-``heartbeat``             wrk → sup    ``sessions``, ``vadUs``, ``lagUs``, ``framesIn``, ...
-``stop``                  sup → wrk    drain and exit
+``ended``                 wrk → sup    ``id``: the session is over, all its events were sent;
+                                       ``error`` (optional): why the worker ended it itself
+``heartbeat``             wrk → sup    ``pid``, ``sessions``, ``ticks``, ``lateTicks``,
+                                       ``skippedTicks``, ``vadUs`` {``last``, ``avg``,
+                                       ``max``}, ``lagUs`` {``p99``, ``max``}, ``vadCalls``,
+                                       ``vadChunks``, ``framesIn``, ``framesOut``,
+                                       ``droppedAudio``, ``textIn``, ``textOut``,
+                                       ``sessionErrors`` (counters since the worker started)
+``stop``                  sup → wrk    ``graceMs`` (optional): close every session
+                                       (``system``), wait for them to end, flush, exit
 ========================  ===========  ======================================================
+
+A worker sends its first ``heartbeat`` as soon as it is ready to run sessions, then one every
+500 ms.
 """
 
 from __future__ import annotations
