@@ -1,1 +1,88 @@
-"""The supervisor: HTTP/WebSocket/SIP front end that routes sessions to workers (later issues)."""
+"""The supervisor: the HTTP/WebSocket front end, the call directory and the worker pool.
+
+:func:`run` is what ``activecall serve`` calls: it starts the workers, serves HTTP and
+WebSocket calls until SIGINT or SIGTERM, then stops taking calls, ends the live ones and stops
+the workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from activecall.config import Config
+
+__all__ = ["run"]
+
+log = logging.getLogger(__name__)
+
+
+def run(config: Config) -> int:
+    """Serve until told to stop; returns the process exit code."""
+    import uvloop
+
+    return uvloop.run(serve(config))
+
+
+async def serve(config: Config, *, ready: asyncio.Event | None = None) -> int:
+    """Run the node on the current loop until SIGINT/SIGTERM (or ``stop`` is set)."""
+    from activecall.config import LocalCallRecord
+    from activecall.supervisor.directory import CallDirectory
+    from activecall.supervisor.http import serve_http
+    from activecall.supervisor.metrics import LATENCY_BUCKETS, Registry, watch_loop_lag
+    from activecall.supervisor.pool import WorkerPool
+    from activecall.workers.session import SessionSettings, session_factory
+    from activecall.workers.worker import WorkerOptions
+
+    callrecord = config.callrecord
+    settings = SessionSettings(
+        recording_dir=Path(config.recording.path),
+        dump_dir=Path(config.dump_dir),
+        media_cache_dir=Path(config.media_cache_path),
+        callrecord_dir=Path(callrecord.root) if isinstance(callrecord, LocalCallRecord) else None,
+    )
+    registry = Registry()
+    lag = registry.histogram(
+        "activecall_supervisor_loop_lag_seconds",
+        "How late the supervisor's event loop runs.",
+        buckets=LATENCY_BUCKETS,
+    )
+    pool = WorkerPool(config.workers, WorkerOptions(session_factory=session_factory(settings)))
+    pool.start()
+    directory = CallDirectory(pool, registry)
+    host, port = config.http_bind
+    front = await serve_http(
+        directory,
+        host,
+        port,
+        token=config.http_token,
+        max_size=config.max_frame_size,
+        ice_servers=[server.to_json() for server in config.ice_servers],
+        registry=registry,
+    )
+    lag_watch = watch_loop_lag(lag)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await pool.wait_ready(timeout=120)
+        log.info(
+            "activecall listening on http://%s:%d with %d workers", host, front.port, config.workers
+        )
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+        log.info("shutting down: no new calls, ending %d live calls", len(directory.calls))
+    finally:
+        directory.draining = True
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        lag_watch.cancel()
+        await pool.stop(timeout=config.graceful_shutdown_timeout)
+        await front.close()
+    return 0

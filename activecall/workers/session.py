@@ -78,7 +78,7 @@ from activecall.protocol import (
 )
 from activecall.protocol.options import encode as encode_option
 
-__all__ = ["CallSession", "CallState", "SessionPort", "SessionSettings"]
+__all__ = ["CallSession", "CallState", "SessionPort", "SessionSettings", "session_factory"]
 
 log = logging.getLogger(__name__)
 
@@ -254,8 +254,8 @@ class CallSession:
             vad.pending.extend(vad.reframer.push(pcm))
 
     def on_close(self, reason: str = "caller") -> None:
-        """The client went away."""
-        self.hangup(reason=reason, initiator="caller")
+        """The call's connection is gone: ``caller`` (the client left) or ``system`` (shutdown)."""
+        self.hangup(reason=reason, initiator="caller" if reason == "caller" else "system")
 
     def on_kill(self) -> None:
         """``GET /kill/{id}``: the server ends the call."""
@@ -609,3 +609,20 @@ class CallSession:
 
 def _utc(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def session_factory(settings: SessionSettings) -> Callable[[Any], CallSession]:
+    """The worker's factory of ``/call`` sessions (``ctx`` is the worker's SessionContext)."""
+
+    def make(ctx: Any) -> CallSession:
+        params = ctx.params
+        return CallSession(
+            ctx,
+            ctx.session_id,
+            call_type=ctx.call_type,
+            server_side_track=str(params.get("serverSideTrack") or "server-side-track"),
+            dump=bool(params.get("dump", True)),
+            settings=settings,
+        )
+
+    return make

@@ -1,0 +1,249 @@
+"""The whole node as a user runs it: ``activecall serve`` in its own process, real clients.
+
+Each test starts the server (supervisor + 2 workers) on a free loopback port in a temporary
+directory and talks to it with the ``websockets`` client and plain HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+
+class Server:
+    """``activecall serve`` in a subprocess."""
+
+    def __init__(self, cwd: Path, workers: int = 2) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.cwd = cwd
+        (cwd / "activecall.toml").write_text('[callrecord]\ntype = "local"\nroot = "cdr"\n')
+        self.log = (cwd / "server.log").open("wb")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "activecall",
+                "serve",
+                "--conf",
+                "activecall.toml",
+                "--workers",
+                str(workers),
+                "--http",
+                f"127.0.0.1:{self.port}",
+            ],
+            cwd=cwd,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if self.get("/health")["workers"] == workers:
+                    return
+            except OSError:
+                pass
+            assert self.proc.poll() is None, self.logs()
+            time.sleep(0.1)
+        raise AssertionError("server did not start:\n" + self.logs())
+
+    def logs(self) -> str:
+        return (self.cwd / "server.log").read_text(errors="replace")
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url(path), timeout=5) as response:
+            return json.loads(response.read())
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        request = urllib.request.Request(self.url(path), data=json.dumps(body).encode())
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return json.loads(response.read())
+
+    def worker_pids(self) -> list[int]:
+        """The forked workers (not multiprocessing's resource tracker), oldest first."""
+        supervisor = psutil.Process(self.proc.pid)
+        workers = [c for c in supervisor.children() if c.cmdline() == supervisor.cmdline()]
+        return [c.pid for c in sorted(workers, key=lambda c: c.create_time())]
+
+    def stop(self, *, signalled: bool = False) -> int:
+        """SIGTERM (unless the test sent it already), then the exit code."""
+        if self.proc.poll() is None:
+            if not signalled:
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    srv = Server(tmp_path)
+    yield srv
+    assert srv.stop() == 0, srv.logs()
+    assert not list(Path("/dev/shm").glob(f"*{srv.proc.pid}*"))
+
+
+async def events_until(
+    ws: ClientConnection, name: str, timeout: float = 10
+) -> list[dict[str, Any]]:
+    """Text events received until (and including) the first named ``name``."""
+    seen: list[dict[str, Any]] = []
+    async with asyncio.timeout(timeout):
+        while True:
+            message = await ws.recv()
+            if isinstance(message, str):
+                seen.append(json.loads(message))
+                if seen[-1]["event"] == name:
+                    return seen
+
+
+async def stream(ws: ClientConnection, pcm: np.ndarray) -> None:
+    """Send ``pcm`` in 20 ms frames at real-time pace."""
+    start = time.monotonic()
+    for n, i in enumerate(range(0, len(pcm), 320)):
+        await ws.send(pcm[i : i + 320].tobytes())
+        await asyncio.sleep(max(0.0, start + (n + 1) * 0.02 - time.monotonic()))
+
+
+def test_speech_call_with_recorder_dump_and_call_record(
+    server: Server, speech_16k: np.ndarray
+) -> None:
+    async def call() -> tuple[list[dict[str, Any]], int | None]:
+        async with connect(f"ws://127.0.0.1:{server.port}/call?id=c1") as ws:
+            option = {"vad": {}, "recorder": {"recorderFile": "{id}.wav"}}
+            await ws.send(json.dumps({"command": "invite", "option": option}))
+            events = await events_until(ws, "answer")
+            listed = server.get("/list")["active_calls"]
+            assert [(c["id"], c["callType"]) for c in listed] == [("c1", "webSocket")]
+            assert listed[0]["cs.option"] == option
+            await stream(ws, speech_16k[: 4 * 16000])
+            await ws.send(json.dumps({"command": "hangup"}))
+            events += await events_until(ws, "hangup")
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 5)
+            return events, ws.close_code
+
+    events, code = asyncio.run(call())
+    names = [e["event"] for e in events]
+    assert names[:2] == ["trackStart", "answer"]
+    assert names.count("speaking") == names.count("silence") >= 1
+    assert names[-1] == "hangup" and code == 1000
+    with wave.open(str(server.cwd / "config" / "recorders" / "c1.wav")) as w:
+        assert w.getnchannels() == 2 and w.getnframes() >= 3 * 16000
+    dump = (server.cwd / "config" / "recorders" / "c1.events.jsonl").read_text().splitlines()
+    assert json.loads(dump[0])["type"] == "command"
+    assert len(list((server.cwd / "cdr").rglob("*_c1.json"))) == 1
+    assert server.get("/list") == {"active_calls": []}
+
+
+def test_worker_killed_mid_call_other_calls_go_on(server: Server, speech_16k: np.ndarray) -> None:
+    async def scenario() -> None:
+        clients = [await connect(f"ws://127.0.0.1:{server.port}/call?id=k{i}") for i in range(4)]
+        for ws in clients:
+            await ws.send(json.dumps({"command": "invite", "option": {}}))
+            await events_until(ws, "answer")
+        # Calls are spread over both workers (least loaded first); kill the first one.
+        victim = server.worker_pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        lost: list[ClientConnection] = []
+        alive: list[ClientConnection] = []
+        for ws in clients:
+            try:
+                events = await events_until(ws, "hangup", timeout=3)
+            except TimeoutError:
+                alive.append(ws)
+                continue
+            assert [e["event"] for e in events[-2:]] == ["error", "hangup"]
+            assert events[-1]["reason"] == "error"
+            lost.append(ws)
+        assert len(lost) == 2 and len(alive) == 2
+        for ws in alive:
+            await ws.send(json.dumps({"command": "history", "speaker": "u", "text": "ok"}))
+            assert (await events_until(ws, "addHistory"))[-1]["text"] == "ok"
+            await ws.close()
+        for ws in lost:
+            await ws.close()
+        # The replacement worker takes calls.
+        deadline = time.monotonic() + 10
+        while server.get("/health")["workers"] < 2:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        assert victim not in server.worker_pids()
+        for i in range(4):
+            async with connect(f"ws://127.0.0.1:{server.port}/call?id=n{i}") as ws:
+                await ws.send(json.dumps({"command": "invite", "option": {}}))
+                assert (await events_until(ws, "answer"))[-1]["event"] == "answer"
+
+    asyncio.run(scenario())
+
+
+def test_rest_kill_command_and_event_stream(server: Server) -> None:
+    async def scenario() -> None:
+        async with connect(f"ws://127.0.0.1:{server.port}/call?id=r1") as ws:
+            await ws.send(json.dumps({"command": "invite", "option": {}}))
+            await events_until(ws, "answer")
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET /events/r1 HTTP/1.1\r\nHost: x\r\n\r\n")
+            await writer.drain()
+            assert b"200" in await reader.readline()
+            sent = await asyncio.to_thread(
+                server.post, "/command/r1", {"command": "custom", "data": {"n": 1}}
+            )
+            assert sent == {"status": "sent", "id": "r1"}
+            assert (await events_until(ws, "custom"))[-1]["data"] == {"n": 1}
+            assert await asyncio.to_thread(server.get, "/kill/r1") == {
+                "status": "killed",
+                "id": "r1",
+            }
+            assert (await events_until(ws, "hangup"))[-1]["reason"] == "killed"
+            stream = (await asyncio.wait_for(reader.read(), 10)).decode()
+            writer.close()
+            await writer.wait_closed()
+            assert "event: command" in stream and '"command":"custom"' in stream
+            assert "event: event" in stream and '"event":"hangup"' in stream
+
+    asyncio.run(scenario())
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        server.get("/kill/r1")
+    assert missing.value.code == 404
+    missing.value.close()
+
+
+def test_sigterm_ends_live_calls_with_hangup(tmp_path: Path) -> None:
+    srv = Server(tmp_path)
+
+    async def scenario() -> None:
+        async with connect(f"ws://127.0.0.1:{srv.port}/call?id=t1") as ws:
+            await ws.send(json.dumps({"command": "invite", "option": {}}))
+            await events_until(ws, "answer")
+            srv.proc.send_signal(signal.SIGTERM)
+            hangup = (await events_until(ws, "hangup"))[-1]
+            assert hangup["initiator"] == "system"
+
+    asyncio.run(scenario())
+    assert srv.stop(signalled=True) == 0, srv.logs()
