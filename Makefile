@@ -50,8 +50,11 @@ weights: $(PY)
 	$(PIP) install --quiet onnx
 	$(PY) scripts/extract_silero_weights.py
 
-serve:
-	@echo "The server arrives with the gateway issue; nothing to serve yet." && exit 1
+# Installs the package (and its compiled kernels) and runs the server with embedded defaults:
+# HTTP and WebSocket on 0.0.0.0:8080, one worker per CPU. Pass flags with ARGS="--workers 2".
+serve: $(PY)
+	$(PIP) install --quiet -e .
+	$(VENV)/bin/activecall serve $(ARGS)
 
 clean:
 	rm -rf build activecall/_native/*.so activecall/_native/*.c activecall/_native/*.html
