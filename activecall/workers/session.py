@@ -85,7 +85,7 @@ log = logging.getLogger(__name__)
 VAD_CHUNK = 512
 CHUNK_MS = VAD_CHUNK * 1000 // INTERNAL_RATE
 DEFAULT_INACTIVITY_S = 50
-# Commands that only make sense on SIP or WebRTC calls, or that later issues implement.
+# Commands of SIP and WebRTC calls, and those that need a second call (bridge, refer).
 _NOT_ON_WEBSOCKET = {
     "accept",
     "reject",
@@ -96,7 +96,6 @@ _NOT_ON_WEBSOCKET = {
     "sendDtmf",
     "bridge",
     "unbridge",
-    "tts",
 }
 
 
@@ -350,6 +349,9 @@ class CallSession:
             )
         elif isinstance(command, HangupCommand):
             self.hangup(reason=command.reason or "caller", initiator=command.initiator or "caller")
+        elif name == "tts":
+            # Speech synthesis arrives with the voice-AI providers.
+            raise CommandError("tts: no TTS provider is available on this server yet", name)
         elif name in _NOT_ON_WEBSOCKET:
             raise CommandError(f"'{name}' is not available on a {self.call_type} call", name)
         else:  # pragma: no cover - every command is listed above

@@ -382,3 +382,22 @@ def test_recorder_dump_and_call_record(
     assert record["extras"] == {"crm": "42"}
     assert record["recorder"][0]["path"].endswith("s.test.wav")
     assert record["hangupReason"] == "caller"
+
+
+@pytest.mark.parametrize(
+    ("command", "words"),
+    [
+        ({"command": "accept", "option": {}}, "not available on a webSocket call"),
+        ({"command": "addIceCandidate", "candidate": "c"}, "not available on a webSocket call"),
+        ({"command": "tts", "text": "hello"}, "no TTS provider"),
+    ],
+)
+def test_commands_this_call_cannot_run_are_errors(
+    call: Call, command: dict[str, Any], words: str
+) -> None:
+    call.send({"command": "invite", "option": {}})
+    call.send(command)
+    error = call.port.events[-1]
+    assert error["event"] == "error" and words in error["error"]
+    assert error["command"] == command["command"]
+    assert call.session.state is CallState.ANSWERED
