@@ -170,7 +170,7 @@ class WorkerOptions:
     """How every worker of a pool runs. Workers are forked, so any callable will do."""
 
     session_factory: Callable[[SessionContext], WorkerSession]
-    max_sessions: int = 256
+    max_sessions: int = 1024
     """Sessions per worker: slots 1..max_sessions (slot 0 is the worker's own)."""
     executor_threads: int = 2
     stop_grace_s: float = 2.0
