@@ -76,9 +76,15 @@ def write_results(name: str, title: str, table: str, notes: str = "") -> Path:
 
 
 def bar_chart(
-    name: str, title: str, labels: Sequence[str], values: Sequence[float], xlabel: str
+    name: str,
+    title: str,
+    labels: Sequence[str],
+    values: Sequence[float],
+    xlabel: str,
+    *,
+    log: bool = False,
 ) -> Path:
-    """A horizontal bar chart written to ``bench/results/<name>.png``."""
+    """A horizontal bar chart written to ``bench/results/<name>.png`` (``log``: log x axis)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,6 +93,8 @@ def bar_chart(
     RESULTS.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(8, 0.5 * len(labels) + 1.5))
     ax.barh(list(labels)[::-1], list(values)[::-1], color="#3b6ea5")
+    if log:
+        ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_title(title)
     for i, v in enumerate(list(values)[::-1]):
