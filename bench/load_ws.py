@@ -46,8 +46,11 @@ Measured per N:
 * generator lag: per frame, send time minus its 20 ms deadline; p99 over the steady window,
   and frames more than 20 ms late (generator problems, not server loss).
 
-A point *holds* when p99 VAD latency ≤ 100 ms, no segment is missing, no frame is lost and every
-client connected. The sweep of a server stops at the first point that does not hold.
+A point *holds* when p99 VAD latency ≤ 100 ms, no segment is missing, no frame is lost, every
+client connected and the generator kept time (p99 lag ≤ 10 ms; otherwise the point measured the
+host, not the server). A failing point measured while other processes used more than 25 % of a
+CPU is measured again (``--retries``). The sweep of a server stops at the first point that does
+not hold.
 
 Run: ``.venv/bin/python -m bench.load_ws [--duration 30] [--sweep 50,100,200]
 [--servers activecall1,activecall2,baseline]``.
@@ -98,6 +101,7 @@ HANGUP_WAIT_S = 5.0
 CONNECT_TIMEOUT_S = 10.0
 LATENCY_LIMIT_MS = 100.0
 LATE_FRAME_MS = 20.0
+NOISE_LIMIT_PERCENT = 25.0  # other load (% of a CPU) past which a failing point is re-measured
 GENERATOR_LAG_LIMIT_MS = 10.0  # p99 send lateness past which a point is not a server result
 DROP_COUNTER = re.compile(r"drop|lost|overflow")
 YIELD_EVERY = 64  # clients sent to between two yields of the pacing loop
@@ -712,6 +716,7 @@ class Point:
     window_s: float
     frames_lost: float | None
     drop_counters: dict[str, float]
+    retried: str = ""  # why a first attempt at this point was thrown away
 
     @property
     def cpu_ms_per_call_s(self) -> float:
@@ -977,6 +982,8 @@ def notes(points: Sequence[Point], args: argparse.Namespace) -> str:
         )
     lines.append(f"- VAD times off the 32 ms grid: {mismatch}; unpaired silences: {unpaired}.")
     for p in points:
+        if p.retried:
+            lines.append(f"- {p.server.label}, N={p.n}: {p.retried}; this is the last attempt.")
         for reason, count in p.tally.errors.items():
             lines.append(f"- {p.server.label}, N={p.n}: {count} calls failed: {reason}")
     return "\n".join(lines)
@@ -993,11 +1000,18 @@ def sweep(
     try:
         server.start()
         for n in ns:
-            wait_idle(server)
-            pt = run_point(
-                server, n, args.duration, args.ramp, args.gen_procs, args.sender, args.phases
-            )
-            print(" | ".join(str(c) for c in row(pt)), flush=True)
+            for attempt in range(args.retries + 1):
+                wait_idle(server)
+                pt = run_point(
+                    server, n, args.duration, args.ramp, args.gen_procs, args.sender, args.phases
+                )
+                print(" | ".join(str(c) for c in row(pt)), flush=True)
+                other = pt.other_cpu_s * 100 / pt.window_s
+                if pt.holds or other <= NOISE_LIMIT_PERCENT or attempt == args.retries:
+                    break
+                print(f"  other processes used {other:.0f} % of a CPU: measuring again")
+            if attempt:
+                pt.retried = f"{attempt} earlier attempt(s) failed under other load"
             yield pt
             if not pt.holds:
                 break
@@ -1029,6 +1043,12 @@ def main() -> None:
     parser.add_argument("--sender", choices=("raw", "websockets"), default="raw")
     parser.add_argument(
         "--phases", type=int, default=10, help="send slots per 20 ms (1: all clients at once)"
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=1,
+        help="re-measure a failing point this many times when other processes loaded the host",
     )
     parser.add_argument("--name", default="load_ws", help="results file name")
     args = parser.parse_args()
