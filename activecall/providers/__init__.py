@@ -1,0 +1,1 @@
+"""Voice-AI providers (ASR, TTS, LLM) behind small interfaces, found by name."""
