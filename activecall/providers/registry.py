@@ -19,7 +19,19 @@ ENTRY_POINT_GROUP = "activecall.providers"
 Kind = Literal["asr", "tts", "llm"]
 
 # kind.name -> "module:attribute" of the factory; imported only when first used
-_BUILT_IN: dict[str, str] = {}
+_BUILT_IN: dict[str, str] = {
+    "asr.pocketsphinx": "activecall.providers.pocketsphinx:PocketsphinxAsr",
+    "tts.piper": "activecall.providers.piper:PiperTts",
+    "asr.openai": "activecall.providers.openai:OpenAiAsr",
+    "tts.openai": "activecall.providers.openai:OpenAiTts",
+    "llm.openai": "activecall.providers.openai:OpenAiLlm",
+    "asr.deepgram": "activecall.providers.deepgram:DeepgramAsr",
+    "tts.deepgram": "activecall.providers.deepgram:DeepgramTts",
+    "asr.aliyun": "activecall.providers.aliyun:AliyunAsr",
+    "tts.aliyun": "activecall.providers.aliyun:AliyunTts",
+    "asr.tencent": "activecall.providers.tencent:TencentAsr",
+    "tts.tencent": "activecall.providers.tencent:TencentTts",
+}
 
 
 class UnknownProvider(LookupError):
