@@ -35,6 +35,7 @@ import numpy as np
 
 from activecall._native.ring import DEFAULT_CAPACITY, KIND_AUDIO, KIND_CONTROL, KIND_TEXT, Ring
 from activecall._native.silero import VadBatch
+from activecall.media.recorder import repair_wav
 from activecall.workers import control
 from activecall.workers.worker import WorkerOptions, worker_main
 
@@ -93,11 +94,13 @@ class PoolFull(Exception):
 class SessionRoute:
     """The supervisor's way into one session on its worker. Sends after the end are ignored."""
 
-    __slots__ = ("_live", "_worker", "session_id", "sink", "slot")
+    __slots__ = ("_live", "_worker", "files", "session_id", "sink", "slot")
 
     def __init__(self, worker: _Worker, slot: int, session_id: str, sink: SessionSink) -> None:
         self._worker = worker
         self._live = True
+        self.files: list[tuple[str, str]] = []
+        """(kind, path) of the files the session writes, as its worker announced them."""
         self.slot = slot
         self.session_id = session_id
         self.sink = sink
@@ -513,6 +516,10 @@ class WorkerPool:
                 route.sink.on_ended()
             except Exception:
                 log.exception("sink of session %s failed", route.session_id)
+        elif op == control.OP_FILE:
+            route = worker.routes.get(slot)
+            if route is not None and isinstance(record.get("path"), str):
+                route.files.append((str(record.get("kind")), record["path"]))
         else:
             log.warning("worker %d: ignoring unknown control op %r", worker.index, op)
 
@@ -552,6 +559,7 @@ class WorkerPool:
         worker.routes.clear()
         for route in lost:
             route._live = False
+            _repair_files(route)  # before the client hears of the end, so the WAV is valid then
         if self._state == "running":
             self._schedule_respawn(worker, was_ready)
         for route in lost:
@@ -620,3 +628,18 @@ def _run_worker(
 def _preload_kernels() -> None:
     """Load the VAD kernels (Numba's disk cache, or a compile) in this process, once."""
     VadBatch(1).process(np.zeros(1, np.int64), np.zeros((1, 512), np.float32))
+
+
+def _repair_files(route: SessionRoute) -> None:
+    """Make a dead worker's recordings valid WAVs again (at most the last second is lost)."""
+    for kind, path in route.files:
+        if kind != "recorder":
+            continue
+        try:
+            frames = repair_wav(path)
+        except (OSError, ValueError) as exc:
+            log.error("session %s: cannot repair recording %s: %s", route.session_id, path, exc)
+        else:
+            log.warning(
+                "session %s: repaired recording %s (%d frames)", route.session_id, path, frames
+            )

@@ -15,6 +15,8 @@ op                        direction    fields
 ``kill``                  sup → wrk    (``GET /kill/{id}``: the server ends the call)
 ``ended``                 wrk → sup    ``id``: the session is over, all its events were sent;
                                        ``error`` (optional): why the worker ended it itself
+``file``                  wrk → sup    ``kind`` (``recorder``), ``path``: a file the session
+                                       writes; repaired by the supervisor if the worker dies
 ``heartbeat``             wrk → sup    ``pid``, ``sessions``, ``ticks``, ``lateTicks``,
                                        ``skippedTicks``, ``vadUs`` {``last``, ``avg``,
                                        ``max``}, ``lagUs`` {``p99``, ``max``}, ``vadCalls``,
@@ -38,6 +40,7 @@ import orjson
 __all__ = [
     "OP_CLOSE",
     "OP_ENDED",
+    "OP_FILE",
     "OP_HEARTBEAT",
     "OP_KILL",
     "OP_OPEN",
@@ -50,6 +53,7 @@ OP_OPEN = "open"
 OP_CLOSE = "close"
 OP_KILL = "kill"
 OP_ENDED = "ended"
+OP_FILE = "file"
 OP_HEARTBEAT = "heartbeat"
 OP_STOP = "stop"
 WORKER_SLOT = 0

@@ -130,6 +130,10 @@ class SessionPort(Protocol):
         """Run ``fn(*args)`` off the event loop (thread pool)."""
         ...
 
+    def note_file(self, kind: str, path: str) -> None:
+        """A file this call writes (``recorder``): repaired by the supervisor if we crash."""
+        ...
+
     def call_soon(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the worker's loop (used to come back from ``run_blocking``)."""
         ...
@@ -394,6 +398,8 @@ class CallSession:
             self._recorder = WavRecorder(path, option.recorder.samplerate or INTERNAL_RATE)
         except (OSError, ValueError) as exc:
             self._error("recorder", f"cannot record to {path}: {exc}")
+            return
+        self.port.note_file("recorder", str(self._recorder.path))
 
     def _play(self, command: PlayCommand) -> None:
         self._loading += 1

@@ -151,6 +151,13 @@ class SessionContext:
         and the worker forgets the session. Idempotent."""
         self._worker.end(self)
 
+    def note_file(self, kind: str, path: str) -> None:
+        """Tell the supervisor about a file the session writes (it repairs it if we die)."""
+        if not self._ended:
+            self._worker.control_out(
+                self.slot, control.encode(control.OP_FILE, kind=kind, path=path)
+            )
+
     def now_ms(self) -> int:
         """Epoch milliseconds that never jump (the monotonic clock, anchored when the worker
         started): the clock of ``tick(now_ms)``."""
@@ -278,6 +285,10 @@ class Worker:
         """Audio record to the supervisor; dropped (the ring counts it) when the ring is full."""
         if self._outbound.send(slot, KIND_AUDIO, data):
             self.frames_out += 1
+
+    def control_out(self, slot: int, payload: bytes) -> None:
+        """Control record to the supervisor; never dropped."""
+        self._outbound.send(slot, KIND_CONTROL, payload)
 
     def now_ms(self) -> int:
         """The sessions' clock: see :meth:`SessionContext.now_ms`."""

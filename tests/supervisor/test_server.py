@@ -164,15 +164,19 @@ def test_speech_call_with_recorder_dump_and_call_record(
 def test_worker_killed_mid_call_other_calls_go_on(server: Server, speech_16k: np.ndarray) -> None:
     async def scenario() -> None:
         clients = [await connect(f"ws://127.0.0.1:{server.port}/call?id=k{i}") for i in range(4)]
+        option = {"recorder": {"recorderFile": "{id}.wav"}}
         for ws in clients:
-            await ws.send(json.dumps({"command": "invite", "option": {}}))
+            await ws.send(json.dumps({"command": "invite", "option": option}))
             await events_until(ws, "answer")
+        sent = 3 * 16000 + 5000  # past 3 whole seconds: the header was last rewritten at 3 s
+        await asyncio.gather(*(stream(ws, speech_16k[:sent]) for ws in clients))
+        await asyncio.sleep(0.3)  # the workers have it all
         # Calls are spread over both workers (least loaded first); kill the first one.
         victim = server.worker_pids()[0]
         os.kill(victim, signal.SIGKILL)
         lost: list[ClientConnection] = []
         alive: list[ClientConnection] = []
-        for ws in clients:
+        for i, ws in enumerate(clients):
             try:
                 events = await events_until(ws, "hangup", timeout=3)
             except TimeoutError:
@@ -181,6 +185,15 @@ def test_worker_killed_mid_call_other_calls_go_on(server: Server, speech_16k: np
             assert [e["event"] for e in events[-2:]] == ["error", "hangup"]
             assert events[-1]["reason"] == "error"
             lost.append(ws)
+            # The supervisor repaired the dead worker's recording before the hangup: the header
+            # counts what reached the file, and at most the last second is missing.
+            wav = server.cwd / "config" / "recorders" / f"k{i}.wav"
+            with wave.open(str(wav)) as w:
+                frames = w.getnframes()
+            assert 44 + 4 * frames == wav.stat().st_size
+            # The recorder writes a frame per 20 ms tick (silence when no audio came), so the
+            # file runs on past what was sent, to the kill.
+            assert frames >= sent - 16000
         assert len(lost) == 2 and len(alive) == 2
         for ws in alive:
             await ws.send(json.dumps({"command": "history", "speaker": "u", "text": "ok"}))

@@ -32,6 +32,7 @@ class Port:
         self.now = T0
         self.events: list[dict[str, Any]] = []
         self.audio: list[bytes] = []
+        self.files: list[tuple[str, str]] = []
         self.ended = False
 
     def now_ms(self) -> int:
@@ -56,6 +57,9 @@ class Port:
 
     def call_soon(self, fn: Callable[[], None]) -> None:
         fn()
+
+    def note_file(self, kind: str, path: str) -> None:
+        self.files.append((kind, path))
 
     def names(self) -> list[str]:
         return [e["event"] for e in self.events]
@@ -359,6 +363,7 @@ def test_recorder_dump_and_call_record(
             "option": {"recorder": {"recorderFile": "{id}.wav"}, "extra": {"crm": "42"}},
         }
     )
+    assert call.port.files == [("recorder", str(tmp_path / "rec" / "s.test.wav"))]
     call.send({"command": "play", "url": str(wav)})
     call.stream(pcm_frames(speech_16k[16000 : 2 * 16000]))
     call.send({"command": "hangup"})
