@@ -21,10 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import psutil
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+
+from activecall.protocol.events import parse_event
 
 
 class Server:
@@ -109,14 +112,17 @@ def server(tmp_path: Path) -> Iterator[Server]:
 
 
 async def events_until(
-    ws: ClientConnection, name: str, timeout: float = 10
+    ws: ClientConnection, name: str, timeout: float = 10, frames: list[str] | None = None
 ) -> list[dict[str, Any]]:
-    """Text events received until (and including) the first named ``name``."""
+    """Text events received until (and including) the first named ``name`` (raw text frames
+    also appended to ``frames``)."""
     seen: list[dict[str, Any]] = []
     async with asyncio.timeout(timeout):
         while True:
             message = await ws.recv()
             if isinstance(message, str):
+                if frames is not None:
+                    frames.append(message)
                 seen.append(json.loads(message))
                 if seen[-1]["event"] == name:
                     return seen
@@ -260,3 +266,52 @@ def test_sigterm_ends_live_calls_with_hangup(tmp_path: Path) -> None:
 
     asyncio.run(scenario())
     assert srv.stop(signalled=True) == 0, srv.logs()
+
+
+def test_websocket_call_follows_the_reference_event_order(
+    server: Server, speech_16k: np.ndarray
+) -> None:
+    """§2.9 on the wire, minus ASR/TTS: every event is well-formed and in the typical order."""
+    agent = server.cwd / "agent.wav"
+    with wave.open(str(agent), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(np.full(8000, 3000, np.int16).tobytes())
+
+    async def call() -> list[str]:
+        frames: list[str] = []
+        async with connect(f"ws://127.0.0.1:{server.port}/call?id=o1") as ws:
+            await ws.send(json.dumps({"command": "invite", "option": {"vad": {}}}))
+            await events_until(ws, "answer", frames=frames)
+            await stream(ws, speech_16k[16000 : 5 * 16000])
+            await asyncio.sleep(0.5)  # the last silence is out
+            await ws.send(json.dumps({"command": "play", "url": str(agent), "playId": "p1"}))
+            await events_until(ws, "trackEnd", frames=frames)
+            await ws.send("{not json")
+            await events_until(ws, "error", frames=frames)
+            await ws.send(json.dumps({"command": "hangup"}))
+            await events_until(ws, "hangup", frames=frames)
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 5)
+        return frames
+
+    frames = asyncio.run(call())
+    events = [json.loads(f) for f in frames]
+    for frame, event in zip(frames, events, strict=True):
+        assert parse_event(frame).to_json() == orjson.dumps(event)  # no extra or misnamed field
+        assert isinstance(event["timestamp"], int)
+    names = [e["event"] for e in events]
+    speech = [n for n in names if n in ("speaking", "silence")]
+    assert speech[:2] == ["speaking", "silence"] and speech.count("speaking") == speech.count(
+        "silence"
+    )
+    rest = [n for n in names if n not in ("speaking", "silence")]
+    assert rest == ["trackStart", "answer", "trackStart", "trackEnd", "error", "hangup"]
+    assert names.index("answer") < names.index("speaking")
+    tracks = [e for e in events if e["event"] in ("trackStart", "trackEnd")]
+    assert tracks[0]["trackId"] == "o1" and "playId" not in tracks[0]
+    assert [(t["trackId"], t["playId"]) for t in tracks[1:]] == [("server-side-track", "p1")] * 2
+    assert events[names.index("answer")]["sdp"] == ""
+    assert events[names.index("error")]["sender"] == "command"
+    assert events[-1]["initiator"] == "caller"
