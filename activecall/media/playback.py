@@ -396,6 +396,39 @@ class PlaybackTrack:
         self._input_open = False
         self._check_drained()
 
+    def reopen_input(self) -> bool:
+        """Wait for more audio again (another ``tts`` for this ``playId``); ``False`` if over."""
+        if self._state in (TrackState.FADING, TrackState.FINISHED):
+            return False
+        self._input_open = True
+        return True
+
+    @property
+    def played_samples(self) -> int:
+        """Samples handed out so far."""
+        return self._played
+
+    def end_at(self, sample: int) -> None:
+        """Graceful interrupt: play on to ``sample`` (counted from the start), then finish."""
+        if self._state in (TrackState.FADING, TrackState.FINISHED):
+            return
+        self._interrupted = True
+        self._input_open = False
+        excess = self._buffered - max(0, sample - self._played)
+        while excess > 0 and self._chunks:
+            tail = self._chunks[-1]
+            available = len(tail) - (self._head if len(self._chunks) == 1 else 0)
+            cut = min(excess, available)
+            if cut == available:
+                self._chunks.pop()
+                if not self._chunks:
+                    self._head = 0
+            else:
+                self._chunks[-1] = tail[: len(tail) - cut]
+            self._buffered -= cut
+            excess -= cut
+        self._check_drained()
+
     def pause(self) -> None:
         """Freeze playback: :meth:`next_frame` returns ``None`` and the track does not end."""
         self._fire(_Input.PAUSE)

@@ -483,3 +483,37 @@ def test_the_documented_table_is_the_transition_table() -> None:
         for event, target in moves.items()
     }
     assert documented == actual
+
+
+def test_end_at_plays_on_to_the_sentence_end_then_finishes() -> None:
+    pcm = np.arange(5 * FRAME_SAMPLES, dtype=np.int16)
+    track = PlaybackTrack(pcm[: 2 * FRAME_SAMPLES], streaming=True)
+    track.append(pcm[2 * FRAME_SAMPLES :])
+    first = track.next_frame()
+    assert first is not None and track.played_samples == FRAME_SAMPLES
+    track.end_at(2 * FRAME_SAMPLES + 100)  # inside the third frame
+    assert track.interrupted and not track.finished
+    second, third = track.next_frame(), track.next_frame()
+    assert second is not None and np.array_equal(second, pcm[FRAME_SAMPLES : 2 * FRAME_SAMPLES])
+    assert third is not None and np.array_equal(third[:100], pcm[2 * FRAME_SAMPLES :][:100])
+    assert not third[100:].any() and track.finished
+    assert not track.append(pcm)  # over: nothing more is taken
+
+
+def test_end_at_a_point_already_played_stops_now() -> None:
+    track = PlaybackTrack(np.ones(3 * FRAME_SAMPLES, np.int16))
+    track.next_frame()
+    track.end_at(10)
+    assert track.finished and track.next_frame() is None
+
+
+def test_reopen_input_keeps_a_streaming_track_waiting() -> None:
+    track = PlaybackTrack(np.ones(FRAME_SAMPLES, np.int16), streaming=True)
+    track.end_input()
+    assert track.reopen_input()
+    assert track.next_frame() is not None
+    assert track.next_frame() is None and not track.finished  # waiting for more
+    track.append(np.ones(FRAME_SAMPLES, np.int16))
+    track.end_input()
+    assert track.next_frame() is not None and track.finished
+    assert not track.reopen_input()
