@@ -23,10 +23,11 @@ tells the port the session is over.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,7 +45,7 @@ from activecall.media.dump import (
     rfc3339,
     write_call_record,
 )
-from activecall.media.playback import PlaybackError, PlaybackTrack, decode_audio_file
+from activecall.media.playback import MediaCache, PlaybackError, PlaybackTrack, decode_audio_file
 from activecall.media.recorder import WavRecorder, recording_path, safe_file_name
 from activecall.media.vad import Silence, Speaking, VadOption, VadProcessor
 from activecall.protocol import (
@@ -72,11 +73,13 @@ from activecall.protocol import (
     SpeakingEvent,
     TrackEndEvent,
     TrackStartEvent,
+    TtsCommand,
     UnmuteCommand,
     error_event_for,
     parse_command,
 )
 from activecall.protocol.options import encode as encode_option
+from activecall.workers.voice import Recognizer, SpeechTrack
 
 __all__ = ["CallSession", "CallState", "SessionPort", "SessionSettings", "session_factory"]
 
@@ -134,6 +137,10 @@ class SessionPort(Protocol):
         """A file this call writes (``recorder``): repaired by the supervisor if we crash."""
         ...
 
+    def start_task(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``coro`` on the worker's loop (providers)."""
+        ...
+
     def call_soon(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the worker's loop (used to come back from ``run_blocking``)."""
         ...
@@ -158,6 +165,7 @@ class _Playing:
     auto_hangup: bool
     wait_input_ms: int | None
     started_ms: int
+    speech: SpeechTrack | None = None  # what feeds a TTS track
 
 
 @dataclass(slots=True)
@@ -174,6 +182,7 @@ class _Vad:
     first_audio_ms: int | None = None
     chunks_done: int = 0
     pending: list[Pcm] = field(default_factory=list)
+    events: bool = True  # False: it runs only to end ASR utterances (``asr`` without ``vad``)
 
 
 class CallSession:
@@ -208,6 +217,8 @@ class CallSession:
         self._vad: _Vad | None = None
         self._recorder: WavRecorder | None = None
         self._playing: _Playing | None = None
+        self._recognizer: Recognizer | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self._loading = 0  # generation of the newest play request, to drop stale decodes
         self._caller_muted = False
         self._agent_muted = False
@@ -255,6 +266,8 @@ class CallSession:
             if vad.first_audio_ms is None:
                 vad.first_audio_ms = now
             vad.pending.extend(vad.reframer.push(pcm))
+        if self._recognizer is not None:
+            self._recognizer.push(pcm)
 
     def on_close(self, reason: str = "caller") -> None:
         """The call's connection is gone: ``caller`` (the client left) or ``system`` (shutdown)."""
@@ -286,6 +299,8 @@ class CallSession:
                 now = self.port.now_ms()
                 if isinstance(ev, Speaking):
                     self._timers.wait_input_since = None
+                    if not vad.events:
+                        continue
                     self._emit(
                         SpeakingEvent(
                             track_id=self.id,
@@ -295,6 +310,10 @@ class CallSession:
                         )
                     )
                 elif isinstance(ev, Silence):
+                    if self._recognizer is not None:
+                        self._recognizer.end_utterance()
+                    if not vad.events:
+                        continue
                     self._emit(
                         SilenceEvent(
                             track_id=self.id,
@@ -329,7 +348,9 @@ class CallSession:
         if isinstance(command, PlayCommand):
             self._play(command)
         elif isinstance(command, InterruptCommand):
-            self._interrupt(command.fade_out_ms or 0)
+            self._interrupt(command.fade_out_ms or 0, graceful=bool(command.graceful))
+        elif isinstance(command, TtsCommand):
+            self._tts(command)
         elif isinstance(command, PauseCommand):
             if self._playing is not None:
                 self._playing.track.pause()
@@ -353,9 +374,6 @@ class CallSession:
             )
         elif isinstance(command, HangupCommand):
             self.hangup(reason=command.reason or "caller", initiator=command.initiator or "caller")
-        elif name == "tts":
-            # Speech synthesis arrives with the voice-AI providers.
-            raise CommandError("tts: no TTS provider is available on this server yet", name)
         elif name in _NOT_ON_WEBSOCKET:
             raise CommandError(f"'{name}' is not available on a {self.call_type} call", name)
         else:  # pragma: no cover - every command is listed above
@@ -375,6 +393,10 @@ class CallSession:
             self._inactivity_ms = option.inactivity_timeout * 1000
         if option.vad is not None or option.vad_type is not None:
             self._start_vad(option)
+        if option.asr is not None:
+            if self._vad is None:  # the VAD ends utterances; its events stay off
+                self._vad = _Vad(VadProcessor(VadOption()), events=False)
+            self._recognizer = Recognizer(self, option.asr)
         if option.recorder is not None:
             self._start_recorder(option)
         now = self.port.now_ms()
@@ -445,27 +467,74 @@ class CallSession:
         self._timers.wait_input_since = None
         self._emit(TrackStartEvent(track_id=self.server_side_track, timestamp=now, play_id=play_id))
 
-    def _interrupt(self, fade_out_ms: int) -> None:
+    def _interrupt(self, fade_out_ms: int, *, graceful: bool = False) -> None:
         self._loading += 1  # a play still decoding will not start
         playing = self._playing
         if playing is None:
             return
         track = playing.track
+        speech = playing.speech
         if not track.finished:
+            spoken = speech.spoken_at(track.played_samples) if speech is not None else None
             self._emit(
                 InterruptionEvent(
                     track_id=self.server_side_track,
                     timestamp=self.port.now_ms(),
                     play_id=playing.play_id,
+                    subtitle=spoken[0] if spoken else None,
+                    position=spoken[1] if spoken else None,
                     total_duration=track.duration_ms,
                     current=track.position_ms,
                 )
             )
         playing.auto_hangup = False
         playing.wait_input_ms = None
+        if speech is not None:
+            playing.speech = None
+            self._spawn(speech.aclose())
+            # graceful (non-streaming TTS): finish the sentence being spoken, then stop
+            end = speech.sentence_end_after(track.played_samples) if graceful else None
+            if end is not None:
+                track.end_at(end)
+                return
         track.interrupt(fade_out_ms)
         if track.finished:
             self._track_end(self.port.now_ms())
+
+    def _tts(self, command: TtsCommand) -> None:
+        assert self.option is not None
+        playing = self._playing
+        same = (
+            playing is not None
+            and playing.speech is not None
+            and not playing.track.interrupted
+            and (command.play_id is None or command.play_id == playing.play_id)
+        )
+        if not same:
+            self._interrupt(0)
+            now = self.port.now_ms()
+            cache_dir = self.settings.media_cache_dir
+            track = PlaybackTrack(play_id=command.play_id, streaming=True)
+            speech = SpeechTrack(
+                self,
+                track,
+                self.option.tts,
+                cache=MediaCache(cache_dir) if cache_dir is not None else None,
+            )
+            playing = _Playing(track, command.play_id, False, None, now, speech)
+            self._playing = playing
+            self._timers.wait_input_since = None
+            self._emit(
+                TrackStartEvent(
+                    track_id=self.server_side_track, timestamp=now, play_id=command.play_id
+                )
+            )
+        assert playing is not None and playing.speech is not None
+        if command.auto_hangup is not None:
+            playing.auto_hangup = command.auto_hangup
+        if command.wait_input_timeout is not None:
+            playing.wait_input_ms = command.wait_input_timeout
+        playing.speech.add(command)
 
     def _mute(self, track_id: str | None, mute: bool) -> None:
         if track_id is None or track_id == self.id:
@@ -489,6 +558,8 @@ class CallSession:
         if playing is None:
             return
         self._playing = None
+        if playing.speech is not None:
+            self._spawn(playing.speech.aclose())
         self._emit(
             TrackEndEvent(
                 track_id=self.server_side_track,
@@ -541,6 +612,9 @@ class CallSession:
         if self._playing is not None:
             self._playing.auto_hangup = False
             self._track_end(now)
+        if self._recognizer is not None:
+            self._spawn(self._recognizer.aclose())
+            self._recognizer = None
         self.state = CallState.ENDED
         end = _utc(now)
         self._emit(
@@ -600,6 +674,31 @@ class CallSession:
             write_call_record(root, record)
         except OSError as exc:
             log.warning("writing the call record of %s failed: %s", self.id, exc)
+
+    # ------------------------------------------------------------------ the voice side's host
+
+    def now_ms(self) -> int:
+        """The call's clock (epoch ms)."""
+        return self.port.now_ms()
+
+    def emit(self, event: Event) -> None:
+        """Send an event (for the voice side)."""
+        if self.state is not CallState.ENDED:
+            self._emit(event)
+
+    def error(self, sender: str, message: str) -> None:
+        """Send an ``error`` event (for the voice side); the call goes on."""
+        if self.state is not CallState.ENDED:
+            self._error(sender, message)
+
+    def start_task(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``coro`` on the worker's loop."""
+        return self.port.start_task(coro)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = self.port.start_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # ------------------------------------------------------------------ output
 

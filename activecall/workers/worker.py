@@ -34,7 +34,7 @@ import signal
 import socket
 import stat
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias
@@ -170,6 +170,10 @@ class SessionContext:
     def call_soon(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the worker's loop; safe from a pool thread."""
         self.loop.call_soon_threadsafe(fn)
+
+    def start_task(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``coro`` as a task on the worker's loop (provider streams)."""
+        return self.loop.create_task(coro)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
