@@ -7,8 +7,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 SILERO_VAD_VERSION := 6.2.3
+# Real peers the tests talk to: sipp, baresip, Kamailio, headless Chromium.
+DEBIAN_TEST_PACKAGES := sip-tester baresip kamailio chromium
 
-.PHONY: test lint pytest venv install-test build bench serve clean weights
+.PHONY: test lint pytest venv install-test install-debian build bench serve clean weights
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -22,12 +24,20 @@ install-test: $(PY)
 	$(PIP) install --quiet -e '.[test]'
 	$(PIP) install --quiet --no-deps silero-vad==$(SILERO_VAD_VERSION)
 
+# Installs the Debian packages the tests need, when apt-get exists and some are missing.
+install-debian:
+	@missing=""; for p in $(DEBIAN_TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
 # `pip install -e .` builds the extensions in place already; this rebuilds after .pyx edits.
 build: $(PY)
 	$(PIP) install --quiet 'Cython>=3.0' 'setuptools>=77' numpy
 	$(PY) setup.py build_ext --inplace --quiet
 
-test: install-test build lint pytest
+test: install-debian install-test build lint pytest
 
 lint:
 	$(VENV)/bin/ruff check activecall tests bench scripts setup.py

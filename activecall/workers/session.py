@@ -218,6 +218,9 @@ class CallSession:
         self._recorder: WavRecorder | None = None
         self._playing: _Playing | None = None
         self._recognizer: Recognizer | None = None
+        self._inviting = False
+        self._invite_option: CallOption | None = None
+        self._track_started = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._loading = 0  # generation of the newest play request, to drop stale decodes
         self._caller_muted = False
@@ -254,9 +257,14 @@ class CallSession:
                 self._warned_early_audio = True
                 self._error("audio", "audio received before invite: dropped until the call starts")
             return
+        self.caller_audio(self._decoder.decode(data))
+
+    def caller_audio(self, pcm: Pcm) -> None:
+        """Caller audio at 16 kHz, from whichever transport the call has."""
+        if self.state is not CallState.ANSWERED:
+            return
         now = self.port.now_ms()
         self._timers.last_audio_ms = now
-        pcm = self._decoder.decode(data)
         if self._caller_muted:
             pcm = np.zeros_like(pcm)
         if self._recorder is not None:
@@ -327,9 +335,13 @@ class CallSession:
         """Every 20 ms: one frame of agent audio out, the recorder, the timers."""
         if self.state is not CallState.ANSWERED:
             return
+        self._pull_media(now_ms)
+        if self.state is not CallState.ANSWERED:
+            return
         agent = self._next_agent_frame(now_ms)
-        if agent is not None and not self._agent_muted:
-            self.port.emit_audio(self._encoder.encode_frame(agent))
+        if self._agent_muted:
+            agent = None
+        self._send_agent(agent)
         if self._recorder is not None:
             self._record(agent)
         if self._dump is not None:
@@ -379,16 +391,58 @@ class CallSession:
         else:  # pragma: no cover - every command is listed above
             raise CommandError(f"'{name}' is not supported", name)
 
-    def _invite(self, command: InviteCommand) -> None:
-        if self.state is not CallState.CREATED:
-            raise CommandError("the call has already been started by an earlier invite", "invite")
-        option = command.option
+    # ------------------------------------------------------------------ transport hooks
+
+    def _start_media(self, option: CallOption) -> None:
+        """Set up the call's media for ``invite`` and answer (or raise CommandError).
+
+        A WebSocket call's media is its binary frames in ``option.codec``: it answers at once.
+        """
         try:
             codec = CallCodec.create(option.codec)
         except ValueError as exc:
             raise CommandError(f"option.codec: {exc}", "invite") from None
-        self.option = option
         self._decoder, self._encoder = codec.decoder(), codec.encoder()
+        self.answered("")
+
+    def _pull_media(self, now_ms: int) -> None:
+        """Each tick, before agent audio: take the caller audio a transport has buffered."""
+
+    def _send_agent(self, frame: Pcm | None) -> None:
+        """This tick's agent frame (``None``: nothing playing) to the caller."""
+        if frame is not None:
+            self.port.emit_audio(self._encoder.encode_frame(frame))
+
+    def _stop_media(self) -> None:
+        """The call ended: release the transport's media resources."""
+
+    # ------------------------------------------------------------------ call setup
+
+    def _invite(self, command: InviteCommand) -> None:
+        if self.state is not CallState.CREATED:
+            raise CommandError("the call has already been started by an earlier invite", "invite")
+        if self._inviting:
+            raise CommandError("the call is already being set up by an earlier invite", "invite")
+        self._inviting = True
+        self._invite_option = command.option
+        try:
+            self._start_media(command.option)
+        except CommandError:
+            self._inviting = False
+            raise
+
+    def track_start(self) -> None:
+        """``trackStart`` of the caller's track (a SIP call sends it before dialling)."""
+        if not self._track_started:
+            self._track_started = True
+            self._emit(TrackStartEvent(track_id=self.id, timestamp=self.port.now_ms()))
+
+    def answered(self, sdp: str) -> None:
+        """The media is up: start the call's processors, ``trackStart`` then ``answer``."""
+        if self.state is not CallState.CREATED or self._invite_option is None:
+            return
+        option = self._invite_option
+        self.option = option
         if option.inactivity_timeout is not None:
             self._inactivity_ms = option.inactivity_timeout * 1000
         if option.vad is not None or option.vad_type is not None:
@@ -403,8 +457,8 @@ class CallSession:
         self.state = CallState.ANSWERED
         self._answer = _utc(now)
         self._timers.last_audio_ms = now
-        self._emit(TrackStartEvent(track_id=self.id, timestamp=now))
-        self._emit(AnswerEvent(track_id=self.id, timestamp=now, sdp=""))
+        self.track_start()
+        self._emit(AnswerEvent(track_id=self.id, timestamp=now, sdp=sdp))
 
     def _start_vad(self, option: CallOption) -> None:
         if option.vad_type not in (None, "silero"):
@@ -616,6 +670,10 @@ class CallSession:
             self._spawn(self._recognizer.aclose())
             self._recognizer = None
         self.state = CallState.ENDED
+        try:
+            self._stop_media()
+        except Exception:  # releasing must not keep the call from ending
+            log.exception("releasing the media of %s failed", self.id)
         end = _utc(now)
         self._emit(
             HangupEvent(
