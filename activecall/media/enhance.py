@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from pywebrtc_audio import GainController, NoiseSuppressor
 
 __all__ = [
+    "AGC_KEYS",
     "DEFAULT_NS_LEVEL",
     "NS_LEVELS",
     "AgcOption",
@@ -187,6 +188,10 @@ class GainControl:
     def reset(self) -> None:
         """Back to the initial gain and level estimates, keeping the option."""
         self._agc.reset()
+
+
+AGC_KEYS: frozenset[str] = frozenset(_camel(f.name) for f in fields(AgcOption))
+"""The camelCase keys of ``option.agc``."""
 
 
 def make_denoiser() -> Denoiser:

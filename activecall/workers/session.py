@@ -27,7 +27,7 @@ import asyncio
 import enum
 import functools
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,6 +44,13 @@ from activecall.media.dump import (
     RecorderMedia,
     rfc3339,
     write_call_record,
+)
+from activecall.media.enhance import (
+    AGC_KEYS,
+    Denoiser,
+    GainControl,
+    make_denoiser,
+    make_gain_control,
 )
 from activecall.media.playback import MediaCache, PlaybackError, PlaybackTrack, decode_audio_file
 from activecall.media.recorder import WavRecorder, recording_path, safe_file_name
@@ -220,6 +227,9 @@ class CallSession:
         self._recognizer: Recognizer | None = None
         self._inviting = False
         self._invite_option: CallOption | None = None
+        self._denoiser: Denoiser | None = None
+        self._agc: GainControl | None = None
+        self._speech_probability: float | None = None
         self._track_started = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._loading = 0  # generation of the newest play request, to drop stale decodes
@@ -260,22 +270,37 @@ class CallSession:
         self.caller_audio(self._decoder.decode(data))
 
     def caller_audio(self, pcm: Pcm) -> None:
-        """Caller audio at 16 kHz, from whichever transport the call has."""
+        """Caller audio at 16 kHz, from whichever transport the call has.
+
+        In order: mute → recorder (what the caller said) → denoise → VAD → AGC → ASR.
+        """
         if self.state is not CallState.ANSWERED:
             return
         now = self.port.now_ms()
         self._timers.last_audio_ms = now
         if self._caller_muted:
             pcm = np.zeros_like(pcm)
-        if self._recorder is not None:
-            self._caller_pending.extend(self._caller_frames.push(pcm))
         vad = self._vad
-        if vad is not None:
-            if vad.first_audio_ms is None:
-                vad.first_audio_ms = now
-            vad.pending.extend(vad.reframer.push(pcm))
-        if self._recognizer is not None:
-            self._recognizer.push(pcm)
+        if vad is not None and vad.first_audio_ms is None:
+            vad.first_audio_ms = now
+        if self._recorder is None and self._denoiser is None and self._agc is None:
+            # the common path: no 20 ms framing needed
+            if vad is not None:
+                vad.pending.extend(vad.reframer.push(pcm))
+            if self._recognizer is not None:
+                self._recognizer.push(pcm)
+            return
+        for frame in self._caller_frames.push(pcm):
+            if self._recorder is not None:
+                self._caller_pending.append(frame)
+            if self._denoiser is not None:
+                frame = self._denoiser.process(frame)
+            if vad is not None:
+                vad.pending.extend(vad.reframer.push(frame))
+            if self._agc is not None:
+                frame = self._agc.process(frame, self._speech_probability)
+            if self._recognizer is not None:
+                self._recognizer.push(frame)
 
     def on_close(self, reason: str = "caller") -> None:
         """The call's connection is gone: ``caller`` (the client left) or ``system`` (shutdown)."""
@@ -300,6 +325,8 @@ class CallSession:
         vad = self._vad
         if vad is None or vad.first_audio_ms is None or self.state is not CallState.ANSWERED:
             return
+        if len(probabilities):
+            self._speech_probability = float(probabilities[-1])
         for p in probabilities:
             ts = vad.first_audio_ms + vad.chunks_done * CHUNK_MS
             vad.chunks_done += 1
@@ -445,8 +472,12 @@ class CallSession:
         self.option = option
         if option.inactivity_timeout is not None:
             self._inactivity_ms = option.inactivity_timeout * 1000
+        if option.denoise:
+            self._denoiser = make_denoiser()
         if option.vad is not None or option.vad_type is not None:
             self._start_vad(option)
+        if option.agc is not None:
+            self._start_agc(option.agc)
         if option.asr is not None:
             if self._vad is None:  # the VAD ends utterances; its events stay off
                 self._vad = _Vad(VadProcessor(VadOption()), events=False)
@@ -459,6 +490,13 @@ class CallSession:
         self._timers.last_audio_ms = now
         self.track_start()
         self._emit(AnswerEvent(track_id=self.id, timestamp=now, sdp=sdp))
+
+    def _start_agc(self, agc: Mapping[str, Any]) -> None:
+        known = {k: v for k, v in agc.items() if k in AGC_KEYS}  # unknown keys: PROTOCOL rule 3
+        try:
+            self._agc = make_gain_control(known)
+        except ValueError as exc:
+            self._error("agc", f"{exc}: AGC is off for this call")
 
     def _start_vad(self, option: CallOption) -> None:
         if option.vad_type not in (None, "silero"):

@@ -409,3 +409,26 @@ def test_commands_this_call_cannot_run_are_errors(
     assert error["event"] == "error" and words in error["error"]
     assert error["command"] == command["command"]
     assert call.session.state is CallState.ANSWERED
+
+
+def test_denoise_and_agc_on_the_inbound_path(call: Call, speech_16k: np.ndarray) -> None:
+    # Speech at -26 dBFS under steady noise: the denoised VAD still finds both sentences.
+    rng = np.random.default_rng(7)
+    speech = speech_16k[: 8 * 16000].astype(np.float64) * 0.25
+    noisy = np.clip(speech + rng.normal(0, 300, len(speech)), -32768, 32767).astype(np.int16)
+    option = {"vad": {}, "denoise": True, "agc": {"maxGainDb": 20, "someFutureKey": 1}}
+    call.send({"command": "invite", "option": option})
+    assert call.session._denoiser is not None and call.session._agc is not None
+    call.stream(pcm_frames(noisy))
+    assert "error" not in call.port.names()  # the unknown AGC key is ignored (PROTOCOL rule 3)
+    assert len(call.port.of("speaking")) == len(call.port.of("silence")) >= 2
+
+
+def test_a_bad_agc_option_is_an_error_and_the_call_goes_on(
+    call: Call, speech_16k: np.ndarray
+) -> None:
+    call.send({"command": "invite", "option": {"vad": {}, "agc": {"maxGainDb": -3}}})
+    errors = call.port.of("error")
+    assert len(errors) == 1 and errors[0]["sender"] == "agc" and "maxGainDb" in errors[0]["error"]
+    call.stream(pcm_frames(speech_16k[: 4 * 16000]))
+    assert call.port.names().count("silence") >= 1
