@@ -54,7 +54,7 @@ import dataclasses
 import hashlib
 import hmac
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import formatdate
 from http import HTTPStatus
@@ -149,7 +149,8 @@ class HttpResponse:
         return cls(status, _json(obj), _JSON, headers)
 
 
-RouteHandler = Callable[[HttpRequest], HttpResponse]
+RouteHandler = Callable[[HttpRequest], HttpResponse | Awaitable[HttpResponse]]
+"""A route: a response, or an awaitable of one (work that waits, such as ``/precache``)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -588,11 +589,25 @@ class HttpConnection(asyncio.Protocol):
             body=bytes(head.body),
         )
         try:
-            response = route.handler(request)
+            result = route.handler(request)
         except Exception:
             logger.exception("route %s failed", path)
-            response = _error(500, "error", "internal error")
-        self._send(response, name)
+            result = _error(500, "error", "internal error")
+        if isinstance(result, HttpResponse):
+            self._send(result, name)
+            return
+        task = asyncio.ensure_future(result)
+        task.add_done_callback(lambda t: self._send_later(t, path, name))
+
+    def _send_later(self, task: asyncio.Future[HttpResponse], path: str, name: str) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            logger.error("route %s failed", path, exc_info=exc)
+        if self._transport is None or self._transport.is_closing():
+            return  # the client left while the handler worked
+        self._send(task.result() if exc is None else _error(500, "error", "internal error"), name)
 
     def _route_call(self, method: str, path: str, query: str, call_type: str) -> None:
         pairs = parse_qsl(query, keep_blank_values=True)

@@ -801,6 +801,32 @@ def test_added_route(run: Callable[..., None]) -> None:
     run(main())
 
 
+def test_added_async_route_answers_when_its_work_is_done(run: Callable[..., None]) -> None:
+    async def main() -> None:
+        release = asyncio.Event()
+
+        async def slow(req: HttpRequest) -> HttpResponse:
+            await release.wait()
+            return HttpResponse.json(200, {"body": req.body.decode()})
+
+        async def broken(req: HttpRequest) -> HttpResponse:
+            raise RuntimeError("boom")
+
+        async with serving() as (front, _directory):
+            front.add_route("POST", "slow", slow)
+            front.add_route("GET", "broken", broken)
+            pending = asyncio.ensure_future(http_exchange(front, request("POST", "/slow", b"hi")))
+            await asyncio.sleep(0.05)
+            assert not pending.done()  # waits for the handler
+            release.set()
+            status, _, body = await pending
+            assert (status, orjson.loads(body)) == (200, {"body": "hi"})
+            status, _, body = await http_exchange(front, request("GET", "/broken"))
+            assert status == 500 and orjson.loads(body)["status"] == "error"
+
+    run(main())
+
+
 # -- bearer token ------------------------------------------------------------------------
 
 
