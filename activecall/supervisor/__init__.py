@@ -32,7 +32,7 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> int:
     """Run the node on the current loop until SIGINT/SIGTERM (or ``stop`` is set)."""
     from activecall.config import LocalCallRecord
     from activecall.supervisor.directory import CallDirectory
-    from activecall.supervisor.http import serve_http
+    from activecall.supervisor.http import HttpRequest, HttpResponse, serve_http
     from activecall.supervisor.metrics import LATENCY_BUCKETS, Registry, watch_loop_lag
     from activecall.supervisor.pool import WorkerPool
     from activecall.workers.session import SessionSettings, session_factory
@@ -64,6 +64,12 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> int:
         ice_servers=[server.to_json() for server in config.ice_servers],
         registry=registry,
     )
+
+    async def precache(request: HttpRequest) -> HttpResponse:
+        status, body = await directory.precache(request.body)
+        return HttpResponse.json(status, body)
+
+    front.add_route("POST", "precache", precache)
     lag_watch = watch_loop_lag(lag)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

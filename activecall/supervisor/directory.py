@@ -9,8 +9,11 @@ frames, which are rare, to keep the ``invite`` option for ``GET /list``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -18,7 +21,7 @@ from typing import Any
 import orjson
 
 from activecall.media.dump import rfc3339
-from activecall.protocol import Command, ErrorEvent, HangupEvent
+from activecall.protocol import Command, CommandError, ErrorEvent, HangupEvent, parse_command
 from activecall.supervisor.metrics import Registry
 from activecall.supervisor.pool import PoolFull, SessionRoute, WorkerPool
 from activecall.supervisor.sessions import (
@@ -218,6 +221,30 @@ class CallDirectory:
         self.calls[params.session_id] = call
         return call
 
+    async def precache(self, body: bytes, timeout: float = 150.0) -> tuple[int, dict[str, Any]]:
+        """``POST /precache``: a worker synthesises the ``tts`` command into the media cache."""
+        try:
+            command = parse_command(body)
+        except CommandError as exc:
+            return 400, {"status": "invalid", "error": exc.message}
+        if command.command != "tts":
+            return 400, {"status": "invalid", "error": "the body must be a tts command"}
+        sink = _Reply()
+        try:
+            route = self.pool.open_session(f"precache.{uuid.uuid4()}", "precache", {}, sink)
+        except PoolFull as exc:
+            return 503, {"status": "unavailable", "error": str(exc) or "no worker is free"}
+        route.send_text(body)
+        try:
+            async with asyncio.timeout(timeout):
+                reply = await sink.done
+        except TimeoutError:
+            route.kill()
+            return 504, {"status": "error", "error": "synthesis took too long"}
+        if reply is None:
+            return 500, {"status": "error", "error": "the worker ended the job without a reply"}
+        return (200 if reply.get("status") in ("cached", "exists") else 502), reply
+
     def list_calls(self) -> list[dict[str, Any]]:
         """``GET /list``."""
         return [call.summary() for call in self.calls.values()]
@@ -292,3 +319,29 @@ class CallDirectory:
                     gauges[name].labels(label).set(value)
 
         registry.add_collector(collect)
+
+
+class _Reply:
+    """The sink of a worker job that answers with one JSON object."""
+
+    def __init__(self) -> None:
+        self.done: asyncio.Future[dict[str, Any] | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._reply: dict[str, Any] | None = None
+
+    def on_text(self, data: bytes) -> None:
+        with contextlib.suppress(orjson.JSONDecodeError):
+            obj = orjson.loads(data)
+            if isinstance(obj, dict):
+                self._reply = obj
+
+    def on_audio(self, data: bytes) -> None:
+        pass
+
+    def on_ended(self) -> None:
+        if not self.done.done():
+            self.done.set_result(self._reply)
+
+    def on_worker_lost(self) -> None:
+        self.on_ended()

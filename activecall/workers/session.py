@@ -814,10 +814,14 @@ def _utc(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
 
 
-def session_factory(settings: SessionSettings) -> Callable[[Any], CallSession]:
+def session_factory(settings: SessionSettings) -> Callable[[Any], Any]:
     """The worker's factory of ``/call`` sessions (``ctx`` is the worker's SessionContext)."""
 
-    def make(ctx: Any) -> CallSession:
+    def make(ctx: Any) -> Any:
+        if ctx.call_type == "precache":
+            from activecall.workers.precache import PrecacheJob
+
+            return PrecacheJob(ctx, settings.media_cache_dir)
         params = ctx.params
         return CallSession(
             ctx,
