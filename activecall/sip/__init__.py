@@ -1,0 +1,110 @@
+"""SIP signalling without I/O: messages, URIs, digest authentication, transactions, dialogs.
+
+The transport adapters (asyncio UDP/TCP/TLS) feed bytes into :func:`parse` or a
+:class:`SipStreamParser`, hand the messages to :class:`Transactions` and :class:`Dialog`
+objects, and send the bytes those return; every clock value is passed in.
+"""
+
+from activecall.sip._grammar import GrammarError
+from activecall.sip.auth import (
+    AuthError,
+    AuthResult,
+    DigestChallenge,
+    DigestChallenger,
+    DigestCredentials,
+    answer_challenge,
+    authorize,
+    digest_response,
+)
+from activecall.sip.dialog import Dialog, DialogError, DialogId, DialogState
+from activecall.sip.headers import CSeq, Via, new_branch, new_tag, parse_cseq, parse_via
+from activecall.sip.message import (
+    Headers,
+    KeepAlive,
+    SipMessage,
+    SipParseError,
+    SipRequest,
+    SipResponse,
+    SipStreamParser,
+    parse,
+    response_to,
+)
+from activecall.sip.transaction import (
+    Action,
+    ClientInviteTransaction,
+    ClientNonInviteTransaction,
+    Deliver,
+    Send,
+    ServerInviteTransaction,
+    ServerNonInviteTransaction,
+    Terminated,
+    Timeout,
+    TimerValues,
+    Transactions,
+    TransportFailure,
+    ack_for,
+    cancel_for,
+)
+from activecall.sip.uri import (
+    AbsoluteUri,
+    Address,
+    SipUri,
+    TelUri,
+    Uri,
+    UriError,
+    parse_address,
+    parse_uri,
+)
+
+__all__ = [
+    "AbsoluteUri",
+    "Action",
+    "Address",
+    "AuthError",
+    "AuthResult",
+    "CSeq",
+    "ClientInviteTransaction",
+    "ClientNonInviteTransaction",
+    "Deliver",
+    "Dialog",
+    "DialogError",
+    "DialogId",
+    "DialogState",
+    "DigestChallenge",
+    "DigestChallenger",
+    "DigestCredentials",
+    "GrammarError",
+    "Headers",
+    "KeepAlive",
+    "Send",
+    "ServerInviteTransaction",
+    "ServerNonInviteTransaction",
+    "SipMessage",
+    "SipParseError",
+    "SipRequest",
+    "SipResponse",
+    "SipStreamParser",
+    "SipUri",
+    "TelUri",
+    "Terminated",
+    "Timeout",
+    "TimerValues",
+    "Transactions",
+    "TransportFailure",
+    "Uri",
+    "UriError",
+    "Via",
+    "ack_for",
+    "answer_challenge",
+    "authorize",
+    "cancel_for",
+    "digest_response",
+    "new_branch",
+    "new_tag",
+    "parse",
+    "parse_address",
+    "parse_cseq",
+    "parse_uri",
+    "parse_via",
+    "response_to",
+]
