@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import functools
+import importlib
 import logging
 from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import Future
@@ -204,8 +205,11 @@ class CallSession:
         server_side_track: str = "server-side-track",
         dump: bool = True,
         settings: SessionSettings | None = None,
+        params: Mapping[str, Any] | None = None,
     ) -> None:
         self.port = port
+        self.params: Mapping[str, Any] = params or {}
+        """The open record's params (query params; a SIP call's signalling details)."""
         self.id = session_id
         self.call_type = call_type
         self.server_side_track = server_side_track
@@ -814,6 +818,13 @@ def _utc(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
 
 
+SESSION_CLASSES: dict[str, str] = {
+    "webrtc": "activecall.workers.webrtc_session:WebRtcSession",
+    "sip": "activecall.workers.sip_session:SipCallSession",
+}
+"""The session class of each call type other than ``webSocket`` (imported when first used)."""
+
+
 def session_factory(settings: SessionSettings) -> Callable[[Any], Any]:
     """The worker's factory of ``/call`` sessions (``ctx`` is the worker's SessionContext)."""
 
@@ -823,13 +834,19 @@ def session_factory(settings: SessionSettings) -> Callable[[Any], Any]:
 
             return PrecacheJob(ctx, settings.media_cache_dir)
         params = ctx.params
-        return CallSession(
+        cls: type[CallSession] = CallSession
+        spec = SESSION_CLASSES.get(ctx.call_type)
+        if spec is not None:
+            module, _, name = spec.partition(":")
+            cls = getattr(importlib.import_module(module), name)
+        return cls(
             ctx,
             ctx.session_id,
             call_type=ctx.call_type,
             server_side_track=str(params.get("serverSideTrack") or "server-side-track"),
             dump=bool(params.get("dump", True)),
             settings=settings,
+            params=params,
         )
 
     return make
