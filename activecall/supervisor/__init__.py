@@ -44,6 +44,7 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> int:
         dump_dir=Path(config.dump_dir),
         media_cache_dir=Path(config.media_cache_path),
         callrecord_dir=Path(callrecord.root) if isinstance(callrecord, LocalCallRecord) else None,
+        ice_servers=tuple(server.to_json() for server in config.ice_servers),
     )
     registry = Registry()
     lag = registry.histogram(
@@ -70,6 +71,7 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> int:
         return HttpResponse.json(status, body)
 
     front.add_route("POST", "precache", precache)
+    front.add_call_route("/call/webrtc", "webrtc")
     lag_watch = watch_loop_lag(lag)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

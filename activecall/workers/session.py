@@ -162,6 +162,8 @@ class SessionSettings:
     dump_dir: Path = Path("./config/recorders")
     media_cache_dir: Path | None = None
     callrecord_dir: Path | None = None
+    ice_servers: tuple[Mapping[str, Any], ...] = ()
+    """ICE servers of WebRTC calls' peers (``[[ice_servers]]``; none: host candidates)."""
 
 
 @dataclass(slots=True)
