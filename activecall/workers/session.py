@@ -87,6 +87,7 @@ from activecall.protocol import (
     parse_command,
 )
 from activecall.protocol.options import encode as encode_option
+from activecall.workers.realtime_call import RealtimeAgent
 from activecall.workers.voice import Recognizer, SpeechTrack
 
 __all__ = ["CallSession", "CallState", "SessionPort", "SessionSettings", "session_factory"]
@@ -231,6 +232,7 @@ class CallSession:
         self._recorder: WavRecorder | None = None
         self._playing: _Playing | None = None
         self._recognizer: Recognizer | None = None
+        self._realtime: RealtimeAgent | None = None
         self._inviting = False
         self._invite_option: CallOption | None = None
         self._denoiser: Denoiser | None = None
@@ -295,6 +297,8 @@ class CallSession:
                 vad.pending.extend(vad.reframer.push(pcm))
             if self._recognizer is not None:
                 self._recognizer.push(pcm)
+            if self._realtime is not None:
+                self._realtime.push(pcm)
             return
         for frame in self._caller_frames.push(pcm):
             if self._recorder is not None:
@@ -307,6 +311,8 @@ class CallSession:
                 frame = self._agc.process(frame, self._speech_probability)
             if self._recognizer is not None:
                 self._recognizer.push(frame)
+            if self._realtime is not None:
+                self._realtime.push(frame)
 
     def on_close(self, reason: str = "caller") -> None:
         """The call's connection is gone: ``caller`` (the client left) or ``system`` (shutdown)."""
@@ -490,6 +496,11 @@ class CallSession:
             self._recognizer = Recognizer(self, option.asr)
         if option.recorder is not None:
             self._start_recorder(option)
+        if option.realtime is not None:
+            try:
+                self._realtime = RealtimeAgent(self, option.realtime, self.port.start_task)
+            except ValueError as exc:
+                self._error("realtime", str(exc))
         now = self.port.now_ms()
         self.state = CallState.ANSWERED
         self._answer = _utc(now)
@@ -713,6 +724,9 @@ class CallSession:
         if self._recognizer is not None:
             self._spawn(self._recognizer.aclose())
             self._recognizer = None
+        if self._realtime is not None:
+            self._spawn(self._realtime.aclose())
+            self._realtime = None
         self.state = CallState.ENDED
         try:
             self._stop_media()
@@ -796,6 +810,35 @@ class CallSession:
     def start_task(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run ``coro`` on the worker's loop."""
         return self.port.start_task(coro)
+
+    def agent_track(self, play_id: str, *, create: bool) -> PlaybackTrack | None:
+        """The streaming agent track ``play_id`` if it is playing; else a new one if ``create``
+        (``trackStart``; whatever played is interrupted)."""
+        playing = self._playing
+        if (
+            playing is not None
+            and playing.play_id == play_id
+            and playing.speech is None
+            and playing.track.reopen_input()
+        ):
+            return playing.track
+        if not create or self.state is not CallState.ANSWERED:
+            return None
+        self._interrupt(0)
+        now = self.port.now_ms()
+        track = PlaybackTrack(play_id=play_id, streaming=True)
+        self._playing = _Playing(track, play_id, False, None, now)
+        self._emit(TrackStartEvent(track_id=self.server_side_track, timestamp=now, play_id=play_id))
+        return track
+
+    def stop_agent(self) -> int | None:
+        """Barge-in: interrupt the agent track; the ms of it already played (``None``: none)."""
+        playing = self._playing
+        if playing is None:
+            return None
+        heard = playing.track.position_ms
+        self._interrupt(0)
+        return heard
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = self.port.start_task(coro)
