@@ -87,9 +87,7 @@ class Browser:
 
 
 def worker_udp_ports(server: Server) -> int:
-    return sum(
-        len(psutil.Process(pid).net_connections(kind="udp")) for pid in server.worker_pids()
-    )
+    return sum(len(psutil.Process(pid).net_connections(kind="udp")) for pid in server.worker_pids())
 
 
 @pytest.fixture
