@@ -86,6 +86,7 @@ class SentenceSplitter:
     def __init__(self) -> None:
         self._buf = ""  # text not yet returned, starting outside any tag
         self._base = 0  # offset of ``_buf[0]`` in everything pushed
+        self._scanned = 0  # ``_buf[:_scanned]`` holds no sentence end: the next scan starts here
 
     @property
     def pending(self) -> str:
@@ -108,13 +109,15 @@ class SentenceSplitter:
         self._buf += text
         out: list[Sentence] = []
         start = 0
-        for cut in _cuts(self._buf):
+        cuts, scanned = _cuts(self._buf, self._scanned)
+        for cut in cuts:
             sentence = self._sentence(start, cut)
             if sentence is not None:
                 out.append(sentence)
             start = cut
         self._base += start
         self._buf = self._buf[start:]
+        self._scanned = scanned - start
         return out
 
     def flush_span(self) -> Sentence | None:
@@ -122,6 +125,7 @@ class SentenceSplitter:
         rest = self._sentence(0, len(self._buf))
         self._base += len(self._buf)
         self._buf = ""
+        self._scanned = 0
         return rest
 
     def _sentence(self, start: int, end: int) -> Sentence | None:
@@ -133,11 +137,11 @@ class SentenceSplitter:
         return Sentence(text, begin, begin + len(text))
 
 
-def _cuts(buf: str) -> list[int]:
-    """Offsets in ``buf`` just past each complete sentence, in order."""
+def _cuts(buf: str, i: int) -> tuple[list[int], int]:
+    """Offsets in ``buf`` just past each complete sentence, in order, scanning from ``i``
+    (``buf`` starts a sentence, outside any tag); and where the next scan must start."""
     cuts: list[int] = []
     start = 0
-    i = 0
     n = len(buf)
     while i < n:
         c = buf[i]
@@ -174,7 +178,7 @@ def _cuts(buf: str) -> list[int]:
                 start = i = j + 1
                 continue
         i += 1
-    return cuts
+    return cuts, i
 
 
 def _skip(buf: str, i: int, chars: str) -> int:

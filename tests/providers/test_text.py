@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from activecall.providers.text import Sentence, SentenceSplitter
@@ -122,3 +124,20 @@ def test_non_string_text_is_a_type_error_and_keeps_the_buffer() -> None:
     with pytest.raises(TypeError, match="text must be str"):
         splitter.push(b"bytes")  # type: ignore[arg-type]
     assert splitter.flush() == "Kept"
+
+
+def test_random_chunking_of_a_long_text_gives_the_same_sentences() -> None:
+    text = " ".join(t for t, _ in CASES)
+    whole = split_all(text)
+    rng = random.Random(7)
+    for _ in range(20):
+        splitter = SentenceSplitter()
+        out: list[str] = []
+        pos = 0
+        while pos < len(text):
+            step = rng.randint(1, 12)
+            out += splitter.push(text[pos : pos + step])
+            pos += step
+        rest = splitter.flush()
+        got = [*out, rest] if rest else out
+        assert got == whole

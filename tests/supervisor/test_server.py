@@ -315,3 +315,57 @@ def test_websocket_call_follows_the_reference_event_order(
     assert events[names.index("answer")]["sdp"] == ""
     assert events[names.index("error")]["sender"] == "command"
     assert events[-1]["initiator"] == "caller"
+
+
+def test_precache_fills_the_cache_with_piper(server: Server) -> None:
+    body = {"command": "tts", "text": "Your balance is ready.", "cacheKey": "balance"}
+    assert server.post("/precache", body) == {
+        "status": "cached",
+        "cacheKey": "balance",
+        "bytes": (server.cwd / "config" / "mediacache" / "balance.pcm").stat().st_size,
+    }
+    pcm = np.fromfile(server.cwd / "config" / "mediacache" / "balance.pcm", "<i2")
+    assert len(pcm) > 16000 * 0.8 and np.abs(pcm).max() > 3000  # about a second of speech
+    assert server.post("/precache", body)["status"] == "exists"
+    for bad in ({"command": "play", "url": "x"}, {"command": "tts"}):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            server.post("/precache", bad)
+        assert refused.value.code == 400
+        refused.value.close()
+    unknown = {"command": "tts", "text": "hi", "option": {"provider": "nope"}}
+    with pytest.raises(urllib.error.HTTPError) as failed:
+        server.post("/precache", unknown)
+    assert failed.value.code == 502 and "nope" in json.loads(failed.value.read())["error"]
+    failed.value.close()
+
+
+def test_tts_on_a_websocket_call_streams_agent_audio(server: Server) -> None:
+    async def call() -> tuple[list[dict[str, Any]], int]:
+        frames: list[str] = []
+        audio = 0
+        async with connect(f"ws://127.0.0.1:{server.port}/call?id=t1") as ws:
+            await ws.send(json.dumps({"command": "invite", "option": {"codec": "pcmu"}}))
+            await events_until(ws, "answer")
+            say = {"command": "tts", "text": "Hello. How can I help?", "playId": "g1"}
+            await ws.send(json.dumps(say))
+            async with asyncio.timeout(30):
+                while True:
+                    message = await ws.recv()
+                    if isinstance(message, bytes):
+                        audio += len(message)
+                        continue
+                    frames.append(message)
+                    if json.loads(message)["event"] == "trackEnd":
+                        break
+            await ws.send(json.dumps({"command": "hangup"}))
+            await events_until(ws, "hangup")
+        return [json.loads(f) for f in frames], audio
+
+    events, audio = asyncio.run(call())
+    names = [e["event"] for e in events]  # after the answer
+    assert names[0] == "trackStart" and events[0]["playId"] == "g1"
+    assert events[0]["trackId"] == "server-side-track"
+    assert "metrics" in names and names[-1] == "trackEnd" and events[-1]["playId"] == "g1"
+    metric = next(e for e in events if e["event"] == "metrics")
+    assert metric["key"] == "completed.tts.piper" and metric["data"]["playId"] == "g1"
+    assert audio > 8000  # over a second of PCMU (8000 bytes a second) reached the client
