@@ -35,6 +35,7 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> int:
     from activecall.supervisor.http import HttpRequest, HttpResponse, serve_http
     from activecall.supervisor.metrics import LATENCY_BUCKETS, Registry, watch_loop_lag
     from activecall.supervisor.pool import WorkerPool
+    from activecall.web import CONSOLE_FILES, console_file
     from activecall.workers.session import SessionSettings, session_factory
     from activecall.workers.worker import WorkerOptions
 
@@ -72,6 +73,11 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> int:
 
     front.add_route("POST", "precache", precache)
     front.add_call_route("/call/webrtc", "webrtc")
+    for name in CONSOLE_FILES:
+        body, content_type = console_file(name)
+        front.add_page(f"/{name}", body, content_type)
+        if name == "console.html":
+            front.add_page("/", body, content_type)
     lag_watch = watch_loop_lag(lag)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

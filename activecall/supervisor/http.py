@@ -29,6 +29,7 @@ Responses (bodies are JSON unless said; every error body has ``status`` and ``er
 ``GET /iceservers``      200 the configured ICE servers (default Google STUN), snake_case
 ``GET /health``          200 ``{"status":"ok","workers","active_calls"}``; 503 ``"draining"``
 ``GET /metrics``         200 Prometheus text format 0.0.4
+``GET /`` (and files)    the web console's static files (``add_page``), without the token
 ``GET /call`` (WS)       101; 400 bad query or handshake; 409 ``{"status":"conflict","id"}``
                          when a call with that ``id`` is live; 503 ``unavailable`` (draining)
 any route                401 ``unauthorized`` without the bearer token (when one is set);
@@ -252,6 +253,7 @@ class HttpFrontEnd:
         self._token_digest = hashlib.sha256(token.encode()).digest() if token else None
         self._ice_servers = _json(list(DEFAULT_ICE_SERVERS if ice_servers is None else ice_servers))
         self._call_routes: dict[str, str] = {"/call": "webSocket"}
+        self._pages: dict[str, HttpResponse] = {}
         self._routes: dict[str, _Route] = {
             "list": _Route("GET", False, self._list),
             "kill": _Route("GET", True, self._kill),
@@ -276,6 +278,14 @@ class HttpFrontEnd:
         if not path.startswith("/"):
             raise ValueError(f"a route path starts with '/': {path!r}")
         self._call_routes[path] = call_type
+
+    def add_page(self, path: str, body: bytes, content_type: str) -> None:
+        """Serve a static file at ``GET path``, without the token (the web console: a browser
+        cannot send the header when it loads a page; the page's own requests carry it)."""
+        if not path.startswith("/"):
+            raise ValueError(f"a page path starts with '/': {path!r}")
+        headers = (("Cache-Control", "no-cache"),)
+        self._pages[path] = HttpResponse(200, body, content_type, headers)
 
     def add_route(
         self, method: str, name: str, handler: RouteHandler, *, takes_id: bool = False
@@ -555,6 +565,10 @@ class HttpConnection(asyncio.Protocol):
         call_type = self._front._call_routes.get(path)
         if call_type is not None:
             self._route_call(method, path, query, call_type)
+            return
+        page = self._front._pages.get(path)
+        if page is not None and method == "GET":
+            self._send(page, "page")
             return
         name, _, arg = path[1:].partition("/")
         route = self._front._routes.get(name)

@@ -827,6 +827,24 @@ def test_added_async_route_answers_when_its_work_is_done(run: Callable[..., None
     run(main())
 
 
+def test_pages_are_served_without_the_token(run: Callable[..., None]) -> None:
+    async def main() -> None:
+        async with serving(token="s3cret") as (front, _directory):
+            front.add_page("/", b"<html>console</html>", "text/html; charset=utf-8")
+            status, headers, body = await http_exchange(front, request("GET", "/"))
+            assert (status, headers["content-type"], body) == (
+                200,
+                "text/html; charset=utf-8",
+                b"<html>console</html>",
+            )
+            status, _, _ = await http_exchange(front, request("POST", "/"))
+            assert status == 401  # only GET serves a page; the rest still needs the token
+            status, _, _ = await http_exchange(front, request("GET", "/list"))
+            assert status == 401
+
+    run(main())
+
+
 # -- bearer token ------------------------------------------------------------------------
 
 
