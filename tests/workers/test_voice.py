@@ -153,3 +153,18 @@ def test_speech_round_trip_piper_to_pocketsphinx_over_pcmu(tmp_path: Path) -> No
     assert final["startTime"] >= silence["startTime"] - 1000
     keys = {m["key"] for m in events(port, "metrics")}
     assert "completed.asr.pocketsphinx" in keys
+
+
+def test_unknown_providers_are_errors_naming_them_and_the_call_goes_on(tmp_path: Path) -> None:
+    async def main(session: CallSession, port: LoopPort) -> None:
+        option = {"asr": {"provider": "nosuchasr"}, "tts": {"provider": "nosuchtts"}}
+        send(session, {"command": "invite", "option": option})
+        send(session, {"command": "tts", "text": "Hello.", "playId": "x"})
+        await run_until(session, port, lambda: len(events(port, "error")) == 2)
+        await run_until(session, port, lambda: "trackEnd" in port.names())
+        send(session, {"command": "history", "speaker": "user", "text": "still here"})
+
+    port = call(tmp_path, main)
+    errors = {e["sender"]: e["error"] for e in events(port, "error")}
+    assert "nosuchasr" in errors["asr"] and "nosuchtts" in errors["tts"]
+    assert port.names()[-2:] == ["addHistory", "hangup"]
