@@ -8,12 +8,15 @@ zero-argument factory returning the provider, e.g.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from importlib import import_module
 from importlib.metadata import entry_points
 from typing import Any, Literal
 
 __all__ = ["ENTRY_POINT_GROUP", "Kind", "ProviderRegistry", "UnknownProvider", "registry"]
+
+log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "activecall.providers"
 Kind = Literal["asr", "tts", "llm"]
@@ -78,6 +81,23 @@ class ProviderRegistry:
         made = factory()
         self._made[key] = made
         return made
+
+    async def aclose(self) -> None:
+        """Close every provider made so far (``aclose()`` or ``close()``) and forget them.
+
+        A provider belongs to the event loop it was first used on: a worker closes them when
+        it stops; tests close them before their loop ends.
+        """
+        made, self._made = self._made, {}
+        for key, provider in made.items():
+            try:
+                closer = getattr(provider, "aclose", None)
+                if closer is not None:
+                    await closer()
+                elif callable(getattr(provider, "close", None)):
+                    provider.close()
+            except Exception:  # one provider failing to close must not keep the others open
+                log.exception("closing provider %s failed", key)
 
     def _scan(self) -> None:
         if self._scanned:
