@@ -162,3 +162,59 @@ def test_webrtc_invite_without_offer_or_with_a_bad_one(server: Server) -> None:
     names = [e["event"] for e in bad_offer]
     assert "error" in names and names[-1] == "hangup"
     assert bad_offer[-1]["reason"] == "error"
+
+
+def test_subscribe_frames_and_a_websocket_close_ends_the_call(
+    server: Server, speech_16k: np.ndarray
+) -> None:
+    ports_before = worker_udp_ports(server)
+
+    async def call() -> dict[int, int]:
+        browser = Browser(speech_16k[: 4 * 16000])
+        await browser.pc.setLocalDescription(await browser.pc.createOffer())
+        prefixes: dict[int, int] = {}
+        try:
+            async with connect(f"ws://127.0.0.1:{server.port}/call/webrtc?id=w3") as ws:
+                option = {"offer": browser.pc.localDescription.sdp, "subscribe": True}
+                await ws.send(json.dumps({"command": "invite", "option": option}))
+                answer = (await events_until(ws, "answer", timeout=20))[-1]["sdp"]
+                await browser.pc.setRemoteDescription(
+                    RTCSessionDescription(sdp=answer, type="answer")
+                )
+                say = {"command": "tts", "text": "Hello there.", "playId": "p"}
+                await ws.send(json.dumps(say))
+                async with asyncio.timeout(20):
+                    while prefixes.get(0, 0) < 20 or prefixes.get(1, 0) < 20:
+                        message = await ws.recv()
+                        if isinstance(message, bytes):
+                            assert len(message) == 641  # one byte + 20 ms of PCM16 16 kHz
+                            prefixes[message[0]] = prefixes.get(message[0], 0) + 1
+            # the client closed the WebSocket without a hangup
+        finally:
+            await browser.close()
+        return prefixes
+
+    prefixes = asyncio.run(call())
+    assert set(prefixes) == {0, 1}  # 0x00 agent, 0x01 caller
+    deadline = time.monotonic() + 10
+    while server.get("/list")["active_calls"] or worker_udp_ports(server) > ports_before:
+        assert time.monotonic() < deadline, "the call or its ports outlived the WebSocket"
+        time.sleep(0.1)
+
+
+def test_a_browser_that_never_connects_ends_with_error_and_hangup(server: Server) -> None:
+    async def call() -> list[dict[str, Any]]:
+        browser = Browser(np.zeros(16000, np.int16))
+        await browser.pc.setLocalDescription(await browser.pc.createOffer())
+        offer = browser.pc.localDescription.sdp
+        await browser.close()  # gone before the answer: ICE can never connect
+        async with connect(f"ws://127.0.0.1:{server.port}/call/webrtc?id=w4") as ws:
+            option = {"offer": offer, "handshakeTimeout": 2}
+            await ws.send(json.dumps({"command": "invite", "option": option}))
+            return await events_until(ws, "hangup", timeout=30)
+
+    events = asyncio.run(call())
+    names = [e["event"] for e in events]
+    assert names[:2] == ["trackStart", "answer"]
+    assert names[-2:] == ["error", "hangup"] and events[-2]["sender"] == "webrtc"
+    assert events[-1]["reason"] == "error"
