@@ -237,7 +237,10 @@ def serve(ctx: click.Context, /, conf: str | None, **flags: Any) -> None:
             err=True,
         )
         ctx.exit(_NOT_BUILT)
-    status = run(config)
+    try:
+        status = run(config)
+    except OSError as exc:  # e.g. the HTTP port is taken
+        raise click.ClickException(f"cannot start the server: {exc}") from None
     if isinstance(status, int) and status:
         ctx.exit(status)
 

@@ -57,15 +57,19 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> int:
     pool.start()
     directory = CallDirectory(pool, registry)
     host, port = config.http_bind
-    front = await serve_http(
-        directory,
-        host,
-        port,
-        token=config.http_token,
-        max_size=config.max_frame_size,
-        ice_servers=[server.to_json() for server in config.ice_servers],
-        registry=registry,
-    )
+    try:
+        front = await serve_http(
+            directory,
+            host,
+            port,
+            token=config.http_token,
+            max_size=config.max_frame_size,
+            ice_servers=[server.to_json() for server in config.ice_servers],
+            registry=registry,
+        )
+    except OSError:  # the port is taken: stop the workers (and free their rings) first
+        await pool.stop(timeout=1.0)
+        raise
 
     async def precache(request: HttpRequest) -> HttpResponse:
         status, body = await directory.precache(request.body)

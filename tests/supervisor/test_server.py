@@ -369,3 +369,21 @@ def test_tts_on_a_websocket_call_streams_agent_audio(server: Server) -> None:
     metric = next(e for e in events if e["event"] == "metrics")
     assert metric["key"] == "completed.tts.piper" and metric["data"]["playId"] == "g1"
     assert audio > 8000  # over a second of PCMU (8000 bytes a second) reached the client
+
+
+def test_a_taken_port_is_a_clear_error_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "activecall", "serve", "--workers", "1", "--http",
+             f"127.0.0.1:{port}"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )  # fmt: skip
+    assert done.returncode == 1
+    assert "cannot start the server" in done.stderr and "address already in use" in done.stderr
+    assert "leaked shared_memory" not in done.stderr  # the workers' rings were freed
