@@ -35,6 +35,7 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> int:
     from activecall.supervisor.http import HttpRequest, HttpResponse, serve_http
     from activecall.supervisor.metrics import LATENCY_BUCKETS, Registry, watch_loop_lag
     from activecall.supervisor.pool import WorkerPool
+    from activecall.supervisor.sip import SipService
     from activecall.web import CONSOLE_FILES, console_file
     from activecall.workers.session import SessionSettings, session_factory
     from activecall.workers.worker import WorkerOptions
@@ -82,6 +83,10 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> int:
         front.add_page(f"/{name}", body, content_type)
         if name == "console.html":
             front.add_page("/", body, content_type)
+    sip = SipService(config, directory)
+    await sip.start()
+    directory.sip = sip
+    front.add_call_route("/call/sip", "sip")
     lag_watch = watch_loop_lag(lag)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -92,15 +97,19 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> int:
         log.info(
             "activecall listening on http://%s:%d with %d workers", host, front.port, config.workers
         )
+        if config.call:
+            sip.place_call(config.call)
         if ready is not None:
             ready.set()
         await stop.wait()
         log.info("shutting down: no new calls, ending %d live calls", len(directory.calls))
     finally:
         directory.draining = True
+        sip.drain()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         lag_watch.cancel()
         await pool.stop(timeout=config.graceful_shutdown_timeout)
+        await sip.close()  # after the sessions sent their BYEs, before the sockets go
         await front.close()
     return 0

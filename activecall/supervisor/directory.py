@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -33,8 +33,29 @@ from activecall.supervisor.sessions import (
     SessionHandle,
     SessionUnavailable,
 )
+from activecall.workers import control
 
-__all__ = ["CallDirectory", "LiveCall"]
+__all__ = ["CallDirectory", "LiveCall", "SipSignalling"]
+
+# How a worker's ``sip`` record starts (orjson writes ``op`` first); events start ``{"event"``.
+_SIP_RECORD = b'{"op":"sip"'
+
+
+class SipSignalling(Protocol):
+    """What the directory needs from the SIP service (:mod:`activecall.supervisor.sip`)."""
+
+    def open_params(self, session_id: str) -> dict[str, Any]:
+        """The ``sip`` and ``media`` open params of a ``/call/sip`` session."""
+        ...
+
+    def on_action(self, session_id: str, record: dict[str, Any]) -> None:
+        """A ``sip`` record the session's worker sent (``action``: invite, accept, bye...)."""
+        ...
+
+    def session_ended(self, session_id: str) -> None:
+        """The session is over (ended, or its worker died): end its SIP leg if still up."""
+        ...
+
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +144,18 @@ class LiveCall:
         self.on_text_out(hangup.to_json())
         self._finish(1011, "worker lost")
 
+    def on_sip(self, data: bytes) -> None:
+        """A ``sip`` record from the worker: for the SIP service, never for the client."""
+        sip = self._directory.sip
+        if sip is None:
+            return
+        try:
+            record = control.decode(data)
+        except ValueError:
+            log.error("session %s: bad sip record %r", self.session_id, data[:200])
+            return
+        sip.on_action(self.session_id, record)
+
     def on_text_out(self, data: bytes) -> None:
         """An event for the client and the subscribers."""
         self.conn.send_text(data)
@@ -178,7 +211,10 @@ class _Outbound:
         self.call = call
 
     def on_text(self, data: bytes) -> None:
-        self.call.on_text_out(data)
+        if data.startswith(_SIP_RECORD):
+            self.call.on_sip(data)
+        else:
+            self.call.on_text_out(data)
 
     def on_audio(self, data: bytes) -> None:
         self.call.on_audio(data)
@@ -197,6 +233,8 @@ class CallDirectory:
         self.pool = pool
         self.calls: dict[str, LiveCall] = {}
         self.draining = False
+        self.sip: SipSignalling | None = None
+        """The SIP service, when the node runs one: ``/call/sip`` sessions are joined to it."""
         if registry is not None:
             self._register_metrics(registry)
 
@@ -212,6 +250,8 @@ class CallDirectory:
             "ping": params.ping_interval,
             "serverSideTrack": params.server_side_track,
         }
+        if call_type == "sip" and self.sip is not None:
+            wire_params.update(self.sip.open_params(params.session_id))
         try:
             call.route = self.pool.open_session(
                 params.session_id, call_type, wire_params, _Outbound(call)
@@ -244,6 +284,16 @@ class CallDirectory:
         if reply is None:
             return 500, {"status": "error", "error": "the worker ended the job without a reply"}
         return (200 if reply.get("status") in ("cached", "exists") else 502), reply
+
+    def signal(self, session_id: str, fields: dict[str, Any]) -> bool:
+        """Send a ``sip`` control record to the session's worker; ``False`` if it is gone."""
+        call = self.calls.get(session_id)
+        route = call.route if call is not None else None
+        if route is None or not route.live:
+            return False
+        # SessionRoute has no public way to send a control record yet: its worker's does.
+        route._worker.control(route.slot, control.encode(control.OP_SIP, **fields))
+        return True
 
     def list_calls(self) -> list[dict[str, Any]]:
         """``GET /list``."""
@@ -281,6 +331,8 @@ class CallDirectory:
     def _forget(self, call: LiveCall) -> None:
         if self.calls.get(call.session_id) is call:
             del self.calls[call.session_id]
+            if call.call_type == "sip" and self.sip is not None:
+                self.sip.session_ended(call.session_id)
 
     def _register_metrics(self, registry: Registry) -> None:
         active = registry.gauge("activecall_active_calls", "Calls in progress on this node.")

@@ -25,7 +25,29 @@ op                        direction    fields
                                        ``sessionErrors`` (counters since the worker started)
 ``stop``                  sup → wrk    ``graceMs`` (optional): close every session
                                        (``system``), wait for them to end, flush, exit
+``sip``                   sup → wrk    ``event``: what the SIP side of a ``sip`` call did:
+                                       ``ringing`` (``code``, ``sdp`` for early media),
+                                       ``answer`` (``sdp``), ``reject`` (``code``,
+                                       ``reason``), ``bye``, ``cancelled`` (``reason``:
+                                       ``caller``/``timeout``), ``reinvite`` (``sdp``,
+                                       ``method``: answer with ``reanswer``), ``info`` /
+                                       ``message`` (``body``, ``contentType``), ``refer``
+                                       (``referTo``, ``referredBy``)
+``sip``                   wrk → sup    ``action``: what the session asks of the SIP side:
+                                       ``invite`` (``callee``, ``caller``, ``sdp``, ``sip``
+                                       = the SipOption), ``ringing`` (``sdp`` for 183),
+                                       ``accept`` (``sdp``), ``reject`` (``code``,
+                                       ``reason``), ``reanswer`` (``sdp``), ``bye``
+                                       (``headers``: end the leg: BYE, CANCEL or 480),
+                                       ``message`` (``body``, ``contentType``, ``headers``).
+                                       Sent as a *text* record (the pool routes only its own
+                                       control ops); the supervisor keeps it from the client
 ========================  ===========  ======================================================
+
+A ``sip`` call's ``open`` params carry ``sip``: ``{"direction": "inbound", "caller",
+"callee", "offer", "headers"}`` (the pending INVITE the WebSocket joins) or ``{"direction":
+"outbound"}``, and ``media``: ``{"ip", "bindIp", "ports": [first, last], "workers",
+"codecs", "latching"}`` (each worker binds RTP ports in its share of ``ports``).
 
 A worker sends its first ``heartbeat`` as soon as it is ready to run sessions, then one every
 500 ms.
@@ -44,6 +66,7 @@ __all__ = [
     "OP_HEARTBEAT",
     "OP_KILL",
     "OP_OPEN",
+    "OP_SIP",
     "OP_STOP",
     "decode",
     "encode",
@@ -56,6 +79,7 @@ OP_ENDED = "ended"
 OP_FILE = "file"
 OP_HEARTBEAT = "heartbeat"
 OP_STOP = "stop"
+OP_SIP = "sip"
 WORKER_SLOT = 0
 
 

@@ -30,7 +30,7 @@ import importlib
 import logging
 from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -455,6 +455,10 @@ class CallSession:
     def _stop_media(self) -> None:
         """The call ended: release the transport's media resources."""
 
+    def _call_record_fields(self) -> dict[str, Any]:
+        """Fields of the call record the transport knows (caller, callee, media stats)."""
+        return {}
+
     # ------------------------------------------------------------------ call setup
 
     def _invite(self, command: InviteCommand) -> None:
@@ -786,6 +790,7 @@ class CallSession:
             extras=dict(self.option.extra) if self.option and self.option.extra else None,
             dump_event_file=str(dump.path) if dump is not None else None,
         )
+        record = replace(record, **self._call_record_fields())
         try:
             write_call_record(root, record)
         except OSError as exc:

@@ -112,7 +112,7 @@ class SessionContext:
 
     __slots__ = (
         "_ended", "_session", "_vad_backlog", "_worker", "call_type", "executor", "loop",
-        "params", "session_id", "slot",
+        "params", "session_id", "slot", "worker_index",
     )  # fmt: skip
 
     _session: WorkerSession  # set right after the factory returns
@@ -124,6 +124,8 @@ class SessionContext:
         self.slot = slot
         self.call_type = call_type
         self.params = params
+        self.worker_index = worker.index
+        """Which worker runs the session (a SIP call binds RTP ports in this worker's share)."""
         self.loop: asyncio.AbstractEventLoop = worker.loop
         self.executor: Executor = worker.executor
         """For blocking work (file decoding): ``loop.run_in_executor(ctx.executor, ...)``."""
@@ -362,6 +364,16 @@ class Worker:
                     ctx._session.on_close(str(record.get("reason", "caller")))
                 else:
                     ctx._session.on_kill()
+            except Exception as exc:
+                self._fail(ctx, exc)
+        elif op == control.OP_SIP:
+            # The SIP side of a call (supervisor's signalling) for a session that takes it.
+            ctx = self._sessions.get(slot)
+            handler = getattr(ctx._session, "on_control", None) if ctx is not None else None
+            if ctx is None or handler is None:
+                return
+            try:
+                handler(record)
             except Exception as exc:
                 self._fail(ctx, exc)
         elif op == control.OP_STOP:

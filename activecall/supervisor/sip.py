@@ -1,0 +1,603 @@
+"""The supervisor's SIP service: UDP and TCP listeners around the :class:`SipAgent` core.
+
+Signalling stays here; media runs in the worker that owns the call. This module only moves
+bytes between the sockets and the agent (:mod:`activecall.sip.agent`, where the decisions
+are), keeps the agent's one timer, and joins the agent to the rest of the node:
+
+* an inbound INVITE goes to the configured handler: the ``webhook`` gets the §2.10 payload
+  and the application connects ``/call/sip?id=<dialogId>``; the directory opens that session
+  with the pending INVITE in its params (:meth:`SipService.open_params`). No handler (or a
+  handler that cannot run) answers 503, a failed webhook 503;
+* what the agent has for a session (:class:`~activecall.sip.agent.CallSignal`) becomes a
+  ``sip`` control record to its worker; the worker's ``sip`` records
+  (:meth:`SipService.on_action`: ``invite``, ``ringing``, ``accept``, ``reject``,
+  ``reanswer``, ``bye``, ``message``) become the agent's decisions;
+* a session that ends while its SIP leg is up (its worker died, or it failed) gets its leg
+  ended (BYE, CANCEL or 480) in :meth:`SipService.session_ended`.
+
+* each ``register_users`` entry that is not ``disabled`` is registered at start and kept
+  registered by the agent (refresh at 75 % of Expires, retry after a failure).
+
+Shutdown: :meth:`SipService.drain` answers new INVITEs and OPTIONS with 503, refuses the
+INVITEs still waiting for their application and un-REGISTERs; live calls end with their
+sessions (BYE), and :meth:`SipService.close` waits a little for those BYEs (and the
+un-REGISTERs) to be answered.
+
+Not here yet: TLS, DNS SRV/NAPTR (the URI's host is resolved with getaddrinfo), the playbook
+handler (inbound calls get 503 until the playbook runner exists), outbound TCP connection reuse
+beyond the connection a peer opened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from activecall.config import Config, PlaybookHandler, RegisterUser, WebhookHandler
+from activecall.sip.agent import (
+    CallGone,
+    CallSignal,
+    IncomingCall,
+    Output,
+    Peer,
+    RegistrationState,
+    SipAgent,
+    Transmit,
+)
+from activecall.sip.message import KeepAlive, SipParseError, SipStreamParser
+from activecall.sip.uri import SipUri, UriError, parse_uri
+from activecall.supervisor.directory import CallDirectory
+from activecall.supervisor.sessions import CallParams
+from activecall.supervisor.webhook import Webhook, WebhookError, invite_payload
+
+__all__ = ["SipService", "call_target"]
+
+log = logging.getLogger(__name__)
+
+_CLOSE_WAIT_S = 2.0  # at shutdown, how long BYEs may take to be answered
+_FINISH_WAIT_S = 5.0  # how long a TCP peer may take to close after we gave up on its stream
+
+
+def _specific(host: str | None) -> str | None:
+    """``host`` unless it is empty or a wildcard address."""
+    if not host:
+        return None
+    with contextlib.suppress(ValueError):
+        if ipaddress.ip_address(host).is_unspecified:
+            return None
+    return host
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def local_ip_towards(host: str) -> str:
+    """The local address the kernel would send from to reach ``host`` (no packet is sent)."""
+    target = host if _is_ip(host) else "192.0.2.1"  # TEST-NET: follows the default route
+    family = socket.AF_INET6 if ":" in target else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((target.strip("[]"), 9))
+            return str(probe.getsockname()[0])
+    except OSError:
+        return "127.0.0.1"
+
+
+def call_target(callee: str) -> tuple[str, str, int]:
+    """Transport, host and port an INVITE to ``callee`` goes to (no DNS SRV/NAPTR: the URI's
+    host, its port or 5060/5061, ``transport=tcp`` honoured). ``ValueError`` if not SIP."""
+    uri = parse_uri(callee)
+    if not isinstance(uri, SipUri):
+        raise ValueError(f"callee must be a sip: or sips: URI, not {callee!r}")
+    transport = (uri.param("transport") or "udp").upper()
+    if transport not in ("UDP", "TCP"):
+        raise ValueError(f"transport={transport.lower()} is not supported")
+    host = uri.param("maddr") or uri.host
+    port = uri.port or (5061 if uri.secure else 5060)
+    return transport, host.strip("[]"), port
+
+
+class _NoClient:
+    """The connection of a call no WebSocket watches (``--call``): output is dropped."""
+
+    def send_text(self, data: bytes) -> None:
+        pass
+
+    def send_binary(self, data: bytes) -> None:
+        pass
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        pass
+
+
+class SipService:
+    """The node's SIP endpoint; see the module docstring."""
+
+    def __init__(self, config: Config, directory: CallDirectory) -> None:
+        self.config = config
+        self.directory = directory
+        self._loop = asyncio.get_running_loop()
+        self.agent = SipAgent(
+            contact_host=self._contact_host,
+            port=config.udp_port,
+            user_agent=config.useragent,
+            accept_timeout=config.accept_timeout,
+        )
+        handler = config.handler
+        self.webhook = Webhook(handler) if isinstance(handler, WebhookHandler) else None
+        self._pending: dict[str, IncomingCall] = {}
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp_server: asyncio.Server | None = None
+        self._tcp: dict[tuple[str, int], _TcpConnection] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._near: dict[str, str] = {}
+        self._closed = False
+
+    # --- lifetime --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind UDP and TCP on ``addr:udp_port`` (a port of 0 picks one, the same for both)."""
+        host = self.config.addr or "0.0.0.0"
+        try:
+            # SO_REUSEPORT, as upstream: a restarted node can bind while the old one drains.
+            transport, _ = await self._loop.create_datagram_endpoint(
+                lambda: _UdpProtocol(self),
+                local_addr=(host, self.config.udp_port),
+                reuse_port=True,
+            )
+            self._udp = transport
+            port = int(transport.get_extra_info("sockname")[1])
+            self.agent.port = port
+            self._tcp_server = await self._loop.create_server(
+                lambda: _TcpConnection(self), host, port, reuse_address=True, reuse_port=True
+            )
+        except OSError as exc:
+            # The HTTP side still serves (WebSocket and WebRTC calls); SIP calls cannot.
+            log.error("SIP is off: cannot bind %s:%s: %s", host, self.config.udp_port, exc)
+            return
+        log.info("SIP listening on %s:%d (UDP, TCP)", host, port)
+        for user in self.config.register_users:
+            if not user.disabled:
+                self._spawn(self._register(user))
+
+    @property
+    def port(self) -> int:
+        """The SIP port (UDP and TCP)."""
+        return self.agent.port
+
+    def drain(self) -> None:
+        """No new calls: 503 for new INVITEs and OPTIONS, and for INVITEs not yet joined."""
+        self.agent.drain()
+        now = self._loop.time()
+        for session_id in list(self._pending):
+            self._run(self.agent.reject(session_id, 503, "Server shutting down", now))
+        for user in self.config.register_users:
+            self._run(self.agent.unregister(_registration_key(user), now))
+
+    async def close(self, timeout: float = _CLOSE_WAIT_S) -> None:
+        """Wait (up to ``timeout``) for the calls' last transactions, then close the sockets."""
+        deadline = self._loop.time() + timeout
+        while (len(self.agent) or self.agent.unregistering) and self._loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._udp is not None:
+            self._udp.close()
+        for conn in list(self._tcp.values()):
+            conn.close()
+        if self._tcp_server is not None:
+            self._tcp_server.close()
+            await self._tcp_server.wait_closed()
+        if self.webhook is not None:
+            await self.webhook.aclose()
+
+    # --- the directory's side (SipSignalling) ----------------------------------------------
+
+    def open_params(self, session_id: str) -> dict[str, Any]:
+        """The open params of a ``/call/sip`` session: the pending INVITE it joins, if any."""
+        pending = self._pending.pop(session_id, None)
+        if pending is None:
+            return {"sip": {"direction": "outbound"}, "media": self._media(None)}
+        return {
+            "sip": {
+                "direction": "inbound",
+                "caller": pending.caller,
+                "callee": pending.callee,
+                "offer": pending.offer,
+                "headers": dict(pending.extra),
+            },
+            "media": self._media(pending.source[1]),
+        }
+
+    def on_action(self, session_id: str, record: dict[str, Any]) -> None:
+        """A ``sip`` record from the session's worker."""
+        action = record.get("action")
+        now = self._loop.time()
+        if action == "invite":
+            self._spawn(self._invite(session_id, record))
+        elif action == "ringing":
+            self._run(self.agent.ringing(session_id, _str(record.get("sdp")) or None, now))
+        elif action == "accept":
+            self._run(self.agent.accept(session_id, _str(record.get("sdp")), now))
+        elif action == "reject":
+            code = record.get("code")
+            self._run(
+                self.agent.reject(
+                    session_id,
+                    code if isinstance(code, int) else 603,
+                    _str(record.get("reason")) or None,
+                    now,
+                )
+            )
+        elif action == "reanswer":
+            code = record.get("code")
+            self._run(
+                self.agent.reanswer(
+                    session_id,
+                    _str(record.get("sdp")),
+                    now,
+                    code if isinstance(code, int) else 200,
+                )
+            )
+        elif action == "bye":
+            self._run(self.agent.hangup(session_id, now, _headers(record.get("headers"))))
+        elif action == "message":
+            try:
+                outputs = self.agent.message(
+                    session_id,
+                    _str(record.get("body")),
+                    now,
+                    content_type=_str(record.get("contentType")) or "text/plain;charset=utf-8",
+                    headers=_headers(record.get("headers")),
+                )
+            except ValueError as exc:
+                log.warning("session %s: MESSAGE not sent: %s", session_id, exc)
+                return
+            self._run(outputs)
+        else:
+            log.warning("session %s: unknown sip action %r", session_id, action)
+
+    def session_ended(self, session_id: str) -> None:
+        """End the leg of a session that is gone (no-op when the worker already did)."""
+        self._run(self.agent.hangup(session_id, self._loop.time()))
+
+    # --- input from the transports ---------------------------------------------------------
+
+    def datagram(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        """One UDP datagram."""
+        if self._closed:
+            return
+        self._run(self.agent.receive(data, ("UDP", str(addr[0]), int(addr[1])), self._loop.time()))
+
+    def stream_items(self, conn: _TcpConnection, items: list[Any]) -> None:
+        """Messages framed on a TCP connection."""
+        now = self._loop.time()
+        for item in items:
+            if isinstance(item, KeepAlive):
+                conn.write(b"\r\n")
+            elif isinstance(item, SipParseError):
+                self._run(self.agent.malformed(item, conn.peer))
+                if item.fatal:
+                    conn.finish()
+            else:
+                self._run(self.agent.receive_message(item, conn.peer, now))
+
+    # --- agent outputs ---------------------------------------------------------------------
+
+    def _run(self, outputs: list[Output]) -> None:
+        for out in outputs:
+            if isinstance(out, Transmit):
+                self._send(out)
+            elif isinstance(out, IncomingCall):
+                self._incoming(out)
+            elif isinstance(out, CallSignal):
+                delivered = self.directory.signal(out.session_id, dict(out.fields))
+                if not delivered and out.session_id not in self._pending:
+                    log.debug("session %s gone: dropped %r", out.session_id, out.fields)
+            elif isinstance(out, CallGone):
+                self._pending.pop(out.session_id, None)
+            elif isinstance(out, RegistrationState):
+                if out.registered:
+                    log.info("registered %s for %d s", out.key, out.expires)
+                else:
+                    log.log(
+                        logging.INFO if out.code < 300 else logging.WARNING,
+                        "%s: %s (%d)",
+                        out.key,
+                        "unregistered" if out.code < 300 else "registration failed",
+                        out.code,
+                    )
+        self._arm()
+
+    def _send(self, out: Transmit) -> None:
+        transport, host, port = out.peer
+        if transport == "UDP":
+            if self._udp is not None and not self._udp.is_closing():
+                self._udp.sendto(out.data, (host, port))
+            return
+        conn = self._tcp.get((host, port))
+        if conn is not None:
+            conn.write(out.data)
+        else:
+            self._spawn(self._connect_and_send(host, port, out.data))
+
+    async def _connect_and_send(self, host: str, port: int, data: bytes) -> None:
+        try:
+            _, protocol = await self._loop.create_connection(
+                lambda: _TcpConnection(self), host, port
+            )
+        except OSError as exc:
+            log.warning("SIP over TCP to %s:%d failed: %s", host, port, exc)
+            return
+        protocol.write(data)
+
+    def _arm(self) -> None:
+        deadline = self.agent.next_deadline()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None and not self._closed:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self._run(self.agent.tick(self._loop.time()))
+
+    # --- inbound calls ---------------------------------------------------------------------
+
+    def _incoming(self, call: IncomingCall) -> None:
+        now = self._loop.time()
+        handler = self.config.handler
+        if handler is None:
+            self._run(self.agent.reject(call.session_id, 503, "No invite handler configured", now))
+            return
+        if isinstance(handler, PlaybookHandler) or self.webhook is None:
+            # Running playbooks comes with the playbook runner; until then the call is refused.
+            self._run(
+                self.agent.reject(call.session_id, 503, "Playbook handler not available", now)
+            )
+            return
+        self._pending[call.session_id] = call
+        self._spawn(self._notify(call))
+
+    async def _notify(self, call: IncomingCall) -> None:
+        assert self.webhook is not None
+        payload = invite_payload(
+            dialog_id=call.session_id,
+            created_at=datetime.now(UTC),
+            caller=call.caller,
+            callee=call.callee,
+            headers=call.headers,
+            offer=call.offer,
+        )
+        try:
+            await self.webhook.notify(payload)
+        except WebhookError as exc:
+            log.warning("webhook for %s failed: %s", call.session_id, exc)
+            now = self._loop.time()
+            self._run(self.agent.reject(call.session_id, 503, "Webhook Failed", now))
+
+    # --- outbound calls --------------------------------------------------------------------
+
+    async def _invite(self, session_id: str, record: dict[str, Any]) -> None:
+        callee = _str(record.get("callee"))
+        option = record.get("sip") if isinstance(record.get("sip"), dict) else {}
+        assert isinstance(option, dict)
+        try:
+            transport, host, port = call_target(callee)
+            if not _is_ip(host):
+                infos = await self._loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+                host = str(infos[0][4][0])
+        except (ValueError, UriError, OSError) as exc:
+            self._reject(session_id, 404 if isinstance(exc, OSError) else 400, str(exc))
+            return
+        username, password = option.get("username"), option.get("password")
+        credentials = (
+            (str(username), str(password))
+            if isinstance(username, str) and isinstance(password, str)
+            else None
+        )
+        try:
+            outputs = self.agent.invite(
+                session_id,
+                target=(transport, host, port),
+                callee=callee,
+                caller=_str(record.get("caller")) or None,
+                sdp=_str(record.get("sdp")),
+                now=self._loop.time(),
+                credentials=credentials,
+                headers=_headers(option.get("headers")),
+            )
+        except ValueError as exc:
+            self._reject(session_id, 400, str(exc))
+            return
+        self._run(outputs)
+
+    async def _register(self, user: RegisterUser) -> None:
+        """Keep ``user`` registered (``register_users``): the agent refreshes and retries."""
+        key = _registration_key(user)
+        try:
+            transport, host, port = call_target(
+                user.server
+                if user.server.lower().startswith(("sip:", "sips:"))
+                else f"sip:{user.server}"
+            )
+            target = host
+            if not _is_ip(host):
+                infos = await self._loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+                target = str(infos[0][4][0])
+            aor = f"sip:{user.username}@{host}" + (f":{port}" if port != 5060 else "")
+            credential = user.credential
+            credentials = (
+                (credential.username or user.username, credential.password)
+                if credential is not None and credential.password
+                else None
+            )
+            outputs = self.agent.register(
+                key,
+                registrar=(transport, target, port),
+                aor=aor,
+                now=self._loop.time(),
+                credentials=credentials,
+                display_name=user.display_name,
+            )
+        except (ValueError, UriError, OSError) as exc:
+            log.error("register_users %s: cannot register: %s", key, exc)
+            return
+        self._run(outputs)
+
+    def _reject(self, session_id: str, code: int, reason: str) -> None:
+        self.directory.signal(session_id, {"event": "reject", "code": code, "reason": reason})
+
+    def place_call(self, callee: str) -> None:
+        """``--call``: an outbound call with no client (it is answered and then waits)."""
+        from activecall.protocol import CallOption, InviteCommand
+
+        params = CallParams(session_id=f"c.{uuid.uuid4()}", dump=False)
+        try:
+            handle = self.directory.open_call("sip", params, _NoClient())
+        except Exception as exc:
+            log.error("--call %s: cannot start the call: %s", callee, exc)
+            return
+        handle.on_text(InviteCommand(option=CallOption(callee=callee)).to_json())
+
+    # --- addresses -------------------------------------------------------------------------
+
+    def _contact_host(self, peer_host: str) -> str:
+        """The address peers reach us at: external_ip, the bound address, or the interface
+        that routes to them."""
+        chosen = _specific(self.config.external_ip) or _specific(self.config.addr)
+        return chosen or self._towards(peer_host)
+
+    def _towards(self, host: str) -> str:
+        found = self._near.get(host)
+        if found is None:
+            found = local_ip_towards(host)
+            if len(self._near) < 1024:
+                self._near[host] = found
+        return found
+
+    def _media(self, peer_host: str | None) -> dict[str, Any]:
+        """The ``media`` open params: where the worker binds RTP and what it advertises."""
+        config = self.config
+        bind = _specific(config.rtp_bind_ip)
+        ip = (
+            _specific(config.external_ip)
+            or bind
+            or _specific(config.addr)
+            or self._towards(peer_host or "")
+        )
+        return {
+            "ip": ip,
+            "bindIp": bind or "0.0.0.0",
+            "ports": [config.rtp_start_port, config.rtp_end_port],
+            "workers": config.workers,
+            "codecs": list(config.codecs),
+            "latching": config.enable_rtp_latching,
+        }
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, service: SipService) -> None:
+        self.service = service
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        try:
+            self.service.datagram(data, addr)
+        except Exception:  # one datagram must never take the listener down
+            log.exception("SIP datagram from %s failed", addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("SIP UDP error: %s", exc)  # ICMP unreachable for an earlier send
+
+
+class _TcpConnection(asyncio.Protocol):
+    def __init__(self, service: SipService) -> None:
+        self.service = service
+        self.parser = SipStreamParser()
+        self.transport: asyncio.Transport | None = None
+        self.peer: Peer = ("TCP", "", 0)
+        self.finished = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's TCP transports are not asyncio.Transport instances, only alike.
+        self.transport = cast(asyncio.Transport, transport)
+        host, port = transport.get_extra_info("peername")[:2]
+        self.peer = ("TCP", str(host), int(port))
+        self.service._tcp[(self.peer[1], self.peer[2])] = self
+
+    def data_received(self, data: bytes) -> None:
+        if self.finished:
+            return  # the framing was lost: what follows is read and dropped
+        try:
+            self.service.stream_items(self, self.parser.feed(data))
+        except Exception:
+            log.exception("SIP over TCP from %s failed", self.peer)
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        key = (self.peer[1], self.peer[2])
+        if self.service._tcp.get(key) is self:
+            del self.service._tcp[key]
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def finish(self) -> None:
+        """End a connection whose framing is lost, after the answer already written.
+
+        Closing at once would reset it (the peer's unread bytes are still queued here) and a
+        reset may discard that answer; instead send FIN, drop what still comes, and close when
+        the peer does (or after a few seconds).
+        """
+        if self.finished or self.transport is None:
+            return
+        self.finished = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        asyncio.get_running_loop().call_later(_FINISH_WAIT_S, self.close)
+
+
+def _registration_key(user: RegisterUser) -> str:
+    return f"{user.username}@{user.server}"
+
+
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _headers(value: Any) -> Mapping[str, str] | None:
+    if not isinstance(value, dict):
+        return None
+    return {str(k): str(v) for k, v in value.items()}
