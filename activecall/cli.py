@@ -171,11 +171,7 @@ _FLAG_KEYS = {
 
 
 _PENDING = {
-    "sip": "the SIP stack",
-    "handler": "the SIP/playbook handlers",
-    "call": "the SIP stack and playbooks",
-    "external_ip": "the SIP stack",
-    "codecs": "the SIP stack",
+    "handler": "playbook handlers (a webhook handler works now)",
 }
 
 
@@ -226,7 +222,8 @@ def serve(ctx: click.Context, /, conf: str | None, **flags: Any) -> None:
     except OSError as exc:
         raise click.ClickException(f"cannot open log_file {config.log_file}: {exc}") from None
     for name, part in _PENDING.items():
-        if flags.get(name) not in (None, ()):
+        value = flags.get(name)
+        if value not in (None, ()) and not str(value).startswith(("http://", "https://")):
             logger.info(
                 "--%s is stored in the config; it takes effect with %s (not built yet)", name, part
             )

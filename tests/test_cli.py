@@ -123,8 +123,9 @@ def test_serve_stores_the_flags_the_server_does_not_use_yet(server: list[Config]
     assert config.call == "sip:1001@127.0.0.1"
     assert config.external_ip == "203.0.113.7"
     assert config.codecs == ("pcmu", "g722")
-    for flag in ("sip", "handler", "call", "external_ip", "codecs"):
-        assert f"--{flag} is stored in the config" in result.stderr
+    assert "--handler is stored in the config" in result.stderr  # playbooks: not yet
+    for flag in ("sip", "call", "external_ip", "codecs"):  # the SIP stack uses them
+        assert f"--{flag} is stored" not in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -197,8 +198,8 @@ def test_missing_config_file_is_an_error(server: list[Config]) -> None:
 
 def test_serve_logs_to_log_file(server: list[Config]) -> None:
     conf = write("c.toml", 'log_file = "serve.log"\n')
-    assert invoke("serve", "--conf", conf, "--sip", "5070").exit_code == 0
-    assert "--sip is stored in the config" in Path("serve.log").read_text()
+    assert invoke("serve", "--conf", conf, "--handler", "greeting.md").exit_code == 0
+    assert "--handler is stored in the config" in Path("serve.log").read_text()
 
 
 def test_serve_loads_dotenv_without_overriding(
