@@ -283,3 +283,28 @@ def config_show(conf: str | None, as_json: bool, show_secrets: bool) -> None:
         click.echo(json.dumps(config_to_dict(config, secrets=show_secrets), indent=2))
     else:
         click.echo(config_to_toml(config, secrets=show_secrets), nl=False)
+
+
+# --- playbook -------------------------------------------------------------------------------------
+
+
+@main.group("playbook")
+def playbook_group() -> None:
+    """Check playbooks."""
+
+
+@playbook_group.command("check")
+@click.argument("file")
+def playbook_check(file: str) -> None:
+    """Print every problem of playbook FILE with its line; exit 1 if any is an error."""
+    from activecall.playbook.parser import check_playbook
+
+    _, problems = check_playbook(file)
+    for problem in problems:
+        click.echo(f"{problem.location}: {problem.severity}: {problem.message}")
+    errors = sum(p.severity == "error" for p in problems)
+    warnings = len(problems) - errors
+    if errors:
+        click.echo(f"{file}: {_count(errors, 'error')}, {_count(warnings, 'warning')}")
+        raise SystemExit(1)
+    click.echo(f"{file}: OK" + (f" ({_count(warnings, 'warning')})" if warnings else ""))

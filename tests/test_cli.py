@@ -290,3 +290,40 @@ def test_config_show_bad_file() -> None:
     result = invoke("config", "show", "--conf", conf)
     assert result.exit_code == 1
     assert "c.toml:1: workers must be from 1 to 4096, got -1" in result.stderr
+
+
+# --- playbook check -------------------------------------------------------------------------------
+
+EXAMPLES = EXAMPLE.parent
+
+
+@pytest.mark.parametrize("name", ["customer_support.md", "appointment_booking.md"])
+def test_playbook_check_passes_the_examples(name: str) -> None:
+    result = invoke("playbook", "check", str(EXAMPLES / name))
+    assert result.exit_code == 0, result.output
+    assert result.output == f"{EXAMPLES / name}: OK\n"
+
+
+def test_playbook_check_prints_every_problem_with_its_line() -> None:
+    book = write(
+        "p.md",
+        "---\nllm:\n  model: gpt\n  temperature: 1\ndtmf:\n  '1': {action: goto, scene: nope}\n"
+        "---\nHello {{ caller\n",
+    )
+    result = invoke("playbook", "check", book)
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert lines[0] == "p.md:4: warning: llm.temperature: unknown key, ignored"
+    assert lines[1] == "p.md:6: error: dtmf.1: goto to unknown scene 'nope'"
+    assert lines[2].startswith("p.md:8: error: scene 'default': template error:")
+    assert lines[3] == "p.md: 2 errors, 1 warning"
+
+
+def test_playbook_check_warnings_only_and_unreadable_files() -> None:
+    book = write("w.md", "---\nllm: {}\ncolour: red\n---\nHi.\n")
+    result = invoke("playbook", "check", book)
+    assert result.exit_code == 0
+    assert result.output == "w.md:3: warning: colour: unknown key, ignored\nw.md: OK (1 warning)\n"
+    missing = invoke("playbook", "check", "nowhere.md")
+    assert missing.exit_code == 1
+    assert missing.output.startswith("nowhere.md: error: cannot read the playbook:")

@@ -889,7 +889,7 @@ def session_factory(settings: SessionSettings) -> Callable[[Any], Any]:
         if spec is not None:
             module, _, name = spec.partition(":")
             cls = getattr(importlib.import_module(module), name)
-        return cls(
+        session = cls(
             ctx,
             ctx.session_id,
             call_type=ctx.call_type,
@@ -898,5 +898,10 @@ def session_factory(settings: SessionSettings) -> Callable[[Any], Any]:
             settings=settings,
             params=params,
         )
+        if params.get("playbook"):  # a playbook runs the dialogue (activecall.playbook.call)
+            from activecall.playbook.call import attach_playbook
+
+            return attach_playbook(session, params)
+        return session
 
     return make

@@ -1,0 +1,888 @@
+"""The playbook runner: an in-process client of the command/event API that talks with an LLM.
+
+It is fed the call's events as the session emits them (dicts: ``answer``, ``asrFinal``,
+``dtmf``, ``trackEnd`` ...) through :meth:`PlaybookRunner.on_event`, and the time through
+:meth:`PlaybookRunner.tick`; it answers with commands (dicts: ``tts``, ``play``, ``interrupt``,
+``refer``, ``hangup``, ``history`` ...) through its ``send`` callback, exactly what a WebSocket
+client would send. Its only I/O is the LLM and HTTP (``<http/>``, the posthook), run as tasks.
+
+The dialogue (reference §4.3):
+
+* after ``answer``: the first scene's ``<play>`` file, then the greeting, or a first LLM turn;
+* on ``asrFinal``: a turn. The reply streams into sentences and whole tags
+  (:mod:`~activecall.playbook.reply`); each sentence is a streaming ``tts`` with the turn's
+  ``playId``, the last one has ``endOfStream`` (and ``autoHangup`` after ``<hangup/>``, and
+  the follow-up ``waitInputTimeout``). ``<goto>`` and ``<set_var>`` act at once; ``<play>`` and
+  ``<refer>`` once the reply has been heard; ``<http>`` answers go back to the LLM, up to
+  :data:`MAX_HTTP_ROUNDS` times per turn;
+* DTMF keys (the scene's, then the playbook's) and keypad collections; barge-in
+  (:mod:`~activecall.playbook.interruption`); follow-ups on the server-side track's
+  ``silence`` (its ``waitInputTimeout``); in realtime mode, the model's ``functionCall``;
+* after ``hangup``: the posthook.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from activecall.playbook.actions import (
+    Accept,
+    Action,
+    ActionError,
+    Collect,
+    Goto,
+    Hangup,
+    Http,
+    Message,
+    Play,
+    Rag,
+    Refer,
+    Reject,
+    SetVar,
+    action_from_call,
+    action_from_tag,
+    action_from_tool,
+)
+from activecall.playbook.collector import Collected, Collection, Failed, Invalid, Outcome
+from activecall.playbook.interruption import BargeIn, is_filler
+from activecall.playbook.model import FollowUp, Playbook, Scene
+from activecall.playbook.posthook import send_posthook, summarize
+from activecall.playbook.prompt import system_prompt
+from activecall.playbook.reply import ActionTag, JsonReply, ReplyItem, ReplyParser, Speech
+from activecall.playbook.template import CallFacts, render, template_variables
+from activecall.providers.base import ChatMessage, LlmOption, LlmProvider, ProviderError
+
+__all__ = ["HTTP_RESULT_CHARS", "MAX_HTTP_ROUNDS", "PlaybookRunner", "SendCommand"]
+
+log = logging.getLogger(__name__)
+
+MAX_HTTP_ROUNDS = 3
+"""How often one turn may go back to the LLM with ``<http>`` answers."""
+HTTP_RESULT_CHARS = 4000
+"""How much of an HTTP answer the LLM is shown."""
+HTTP_TIMEOUT_S = 10.0
+REPAIR_MAX_CHARS = 15  # a reply this short may have been a reaction to half an utterance
+RECENT_TURNS = 6  # rolling summary: the turns kept verbatim
+FOLLOWUP_NUDGE = (
+    "The caller has said nothing for a while. Say one short sentence to check they are still"
+    " there or to move the conversation on."
+)
+
+SendCommand = Callable[[dict[str, Any]], None]
+StartTask = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None]"]
+Report = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Later:
+    """Something to do once an agent audio has been heard; ``keep``: even if it is cut off."""
+
+    run: Callable[[], None]
+    keep: bool = False
+
+
+@dataclass(slots=True)
+class _Turn:
+    """One answer of the agent: one ``playId``, one or more LLM rounds."""
+
+    play_id: str
+    task: asyncio.Task[None] | None = None
+    spoken: list[str] = field(default_factory=list)  # text sent (or held) as tts
+    held: str | None = None  # the reply's last sentence: it goes with endOfStream
+    reply: ReplyParser | None = None  # the round streaming now
+    hangup: bool = False
+    wait_input_ms: int | None = None
+    after: list[Action] = field(default_factory=list)  # once the reply has been heard
+    collection: Collection | None = None  # started by <collect>: armed when heard
+    notes: list[str] = field(default_factory=list)  # for the LLM, after the reply streaming
+    cancelled: bool = False
+
+
+class PlaybookRunner:
+    """Runs one call's dialogue from a :class:`~activecall.playbook.model.Playbook`."""
+
+    def __init__(
+        self,
+        playbook: Playbook,
+        *,
+        send: SendCommand,
+        llm: LlmProvider | None,
+        facts: CallFacts,
+        clock: Callable[[], int],
+        start_task: StartTask | None = None,
+        variables: Mapping[str, Any] | None = None,
+        report: Report | None = None,
+        server_side_track: str = "server-side-track",
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.playbook = playbook
+        self.facts = facts
+        self.llm = llm
+        self.history: list[ChatMessage] = []
+        """The dialogue so far, as chat messages (the system prompt not included)."""
+        self.vars: dict[str, Any] = {}
+        """``set_var`` and collected values (rendered into prompts)."""
+        self.scene: Scene = playbook.first_scene
+        self.system_prompt = ""
+        self._send_command = send
+        self._clock = clock
+        self._start_task = start_task
+        self._variables = dict(variables or {})
+        self._report = report
+        self._server_side_track = server_side_track
+        self._http = http
+        self._own_http = http is None
+        self._option = _llm_option(playbook)
+        self._bargein = BargeIn(playbook.interruption)
+        self._answered = False
+        self._ended = False
+        self._turn: _Turn | None = None
+        self._counter = 0
+        self._ours: set[str] = set()  # playIds this runner started
+        self._after: dict[str, list[_Later]] = {}  # playId -> what runs once it ends
+        self._collection: Collection | None = None
+        self._followups = 0
+        self._queued: list[str] = []  # caller turns waiting for the agent (strategy none)
+        self._last_reply: tuple[int, str] | None = None  # (when, text) of the last reply
+        self._summary: str | None = None  # rolling summary of older turns
+        self._tasks: set[asyncio.Task[None]] = set()
+        if not facts.start_time:
+            self.facts = replace(facts, start_time=_rfc3339(clock()))
+
+    # ------------------------------------------------------------------ events in
+
+    def on_event(self, event: Mapping[str, Any]) -> None:
+        """One event of the call, as the session emitted it."""
+        name = event.get("event")
+        if self._ended or not isinstance(name, str):
+            return
+        if event.get("refer") and name != "hangup":
+            return  # the transfer leg's events are not the dialogue's
+        handler = self._HANDLERS.get(name)
+        if handler is not None:
+            try:
+                handler(self, event)
+            except Exception as exc:  # the dialogue must never take the call down
+                log.exception("playbook runner failed on %s", name)
+                self._error(f"playbook runner failed on {name}: {exc}")
+
+    def tick(self, now_ms: int) -> None:
+        """The time passes: keypad timeouts."""
+        collection = self._collection
+        if collection is not None and not self._ended:
+            outcome = collection.check(now_ms)
+            if outcome is not None:
+                self._collected(collection, outcome)
+
+    def start_call(self, facts: CallFacts) -> None:
+        """Update what the call knows about itself (caller, callee, SIP headers) before it
+        is answered; the prompts are rendered with it at ``answer``."""
+        self.facts = replace(facts, start_time=facts.start_time or self.facts.start_time)
+
+    async def aclose(self) -> None:
+        """Wait for the runner's tasks (the posthook) and release its HTTP client."""
+        if self._turn is not None and not self._ended:
+            self._cancel_turn()
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if self._own_http and self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    @property
+    def ended(self) -> bool:
+        """True once the call has hung up."""
+        return self._ended
+
+    # -- handlers
+
+    def _on_answer(self, event: Mapping[str, Any]) -> None:
+        if self._answered:
+            return
+        self._answered = True
+        self._render_scene()
+        if self.playbook.realtime is not None:
+            return  # the realtime model speaks first; we only act on its function calls
+        play = self.scene.play
+        if play:
+            play_id = self._play(play)
+            self._then(play_id, self._greet)
+        else:
+            self._greet()
+
+    def _on_incoming(self, event: Mapping[str, Any]) -> None:
+        headers = event.get("headers")
+        caller, callee = event.get("caller"), event.get("callee")
+        self.facts = replace(
+            self.facts,
+            caller=caller if isinstance(caller, str) else self.facts.caller,
+            callee=callee if isinstance(callee, str) else self.facts.callee,
+            sip=self._extracted(headers) if isinstance(headers, Mapping) else self.facts.sip,
+        )
+
+    def _on_final(self, event: Mapping[str, Any]) -> None:
+        text = str(event.get("text") or "").strip()
+        if not text or not self._answered:
+            return
+        now = self._time(event)
+        self._bargein.caller_final(now)
+        collection = self._collection
+        if collection is not None:
+            if not collection.spec.interruptible:
+                return  # keypad only
+            self._collection = None
+            self._note(f"The caller spoke instead of using the keypad for {collection.var}.")
+        rules = self.playbook.interruption
+        if rules.filler_word_filter and is_filler(text):
+            return
+        self._followups = 0
+        if rules.strategy == "none" and self._bargein.agent_speaking is not None:
+            self._queued.append(text)  # the agent finishes first
+            return
+        self._user_turn(text, now)
+
+    def _on_delta(self, event: Mapping[str, Any]) -> None:
+        if self._listening_for_bargein():
+            text = str(event.get("text") or "")
+            filler = bool(event.get("isFiller"))
+            if self._bargein.check("asr", self._time(event), text=text, filler=filler):
+                self._barge_in()
+
+    def _on_speaking(self, event: Mapping[str, Any]) -> None:
+        if event.get("trackId") == self._server_side_track:
+            return
+        if self._listening_for_bargein():
+            filler = bool(event.get("isFiller"))
+            if self._bargein.check("vad", self._time(event), filler=filler):
+                self._barge_in()
+
+    def _on_silence(self, event: Mapping[str, Any]) -> None:
+        # Only the server-side track's silence is ours: the waitInputTimeout we asked for.
+        if event.get("trackId") != self._server_side_track or not self._answered:
+            return
+        if self._collection is not None or self._turn is not None:
+            return
+        if self._bargein.agent_speaking is not None:
+            return
+        followup = self._followup()
+        if followup is None:
+            return
+        if self._followups >= followup.max_count:
+            self._hangup_now("system")
+            return
+        self._followups += 1
+        self._start_turn(nudge=FOLLOWUP_NUDGE)
+
+    def _on_dtmf(self, event: Mapping[str, Any]) -> None:
+        digit = str(event.get("digit") or "")
+        if not digit or not self._answered:
+            return
+        self._followups = 0
+        collection = self._collection
+        if collection is not None:
+            outcome = collection.press(digit, self._time(event))
+            if outcome is not None:
+                self._collected(collection, outcome)
+            return
+        action = self.scene.dtmf.get(digit) or self.playbook.dtmf.get(digit)
+        if action is None:
+            return
+        self._cancel_turn()
+        if action.action == "goto" and action.scene is not None:
+            self._stop_agent()
+            self._goto(action.scene, by_key=True)
+        elif action.action == "transfer" and action.target is not None:
+            self._stop_agent()
+            self._send({"command": "refer", "caller": "", "callee": action.target})
+        elif action.action == "hangup":
+            self._hangup_now("caller")
+
+    def _on_track_start(self, event: Mapping[str, Any]) -> None:
+        play_id = event.get("playId")
+        if isinstance(play_id, str) and play_id in self._ours:
+            self._bargein.agent_started(play_id, self._time(event))
+
+    def _on_track_end(self, event: Mapping[str, Any]) -> None:
+        play_id = event.get("playId")
+        if not isinstance(play_id, str) or play_id not in self._ours:
+            return
+        self._bargein.agent_stopped(play_id)
+        for later in self._after.pop(play_id, []):
+            later.run()
+            if self._ended:
+                return
+        if self._queued and self._bargein.agent_speaking is None and self._turn is None:
+            text, self._queued = " ".join(self._queued), []
+            self._user_turn(text, self._time(event))
+
+    def _on_interruption(self, event: Mapping[str, Any]) -> None:
+        play_id = event.get("playId")
+        if isinstance(play_id, str):
+            # Cut off (barge-in, or a newer reply): what was to follow it is dropped, except
+            # arming a keypad collection, which must not wait for ever.
+            self._drop_after(play_id)
+
+    def _on_function_call(self, event: Mapping[str, Any]) -> None:
+        name = str(event.get("name") or "")
+        try:
+            action = action_from_call(name, event.get("arguments") or "")
+        except ActionError as exc:
+            self._error(str(exc))
+            return
+        turn = _Turn(play_id="")
+        self._act(turn, action, [])
+        self._finish_actions(turn)
+
+    def _on_hangup(self, event: Mapping[str, Any]) -> None:
+        if event.get("refer"):
+            return
+        self._ended = True
+        self._cancel_turn()
+        self._collection = None
+        hook = self.playbook.posthook
+        if hook is not None:
+            self._spawn(self._posthook())
+
+    _HANDLERS: Mapping[str, Callable[[PlaybookRunner, Mapping[str, Any]], None]] = {
+        "answer": _on_answer,
+        "incoming": _on_incoming,
+        "asrFinal": _on_final,
+        "asrDelta": _on_delta,
+        "speaking": _on_speaking,
+        "silence": _on_silence,
+        "dtmf": _on_dtmf,
+        "trackStart": _on_track_start,
+        "trackEnd": _on_track_end,
+        "interruption": _on_interruption,
+        "functionCall": _on_function_call,
+        "hangup": _on_hangup,
+    }
+
+    # ------------------------------------------------------------------ the dialogue
+
+    def _greet(self) -> None:
+        greeting = self.playbook.greeting_text
+        if greeting:
+            text = render(greeting, self._template_vars()).strip()
+            if text:
+                play_id = self._new_play_id()
+                command: dict[str, Any] = {"command": "tts", "text": text, "playId": play_id}
+                self._with_wait_input(command)
+                self._send(command)
+                self.history.append({"role": "assistant", "content": text})
+                self._send({"command": "history", "speaker": "assistant", "text": text})
+                return
+        self._start_turn()
+
+    def _user_turn(self, text: str, now: int) -> None:
+        if "context_repair" in self._features():
+            text = self._repair(text, now)
+        self._start_turn(user=text)
+
+    def _repair(self, text: str, now: int) -> str:
+        """Merge an utterance the ASR split in two: the agent's short reaction to the first
+        half is dropped and the halves go to the LLM as one turn."""
+        last = self._last_reply
+        llm = self.playbook.llm
+        window = llm.repair_window_ms if llm is not None else 3000
+        history = self.history
+        if (
+            last is None
+            or now - last[0] > window
+            or len(last[1]) >= REPAIR_MAX_CHARS
+            or len(history) < 2
+            or history[-1].get("role") != "assistant"
+            or history[-2].get("role") != "user"
+        ):
+            return text
+        previous = str(history[-2].get("content") or "")
+        del history[-2:]
+        return f"{previous} {text}"
+
+    def _start_turn(self, *, user: str | None = None, nudge: str | None = None) -> None:
+        self._cancel_turn()
+        if user is not None:
+            self.history.append({"role": "user", "content": user})
+        if self.llm is None:
+            if self.playbook.realtime is None:
+                self._error("no LLM for this playbook: it cannot answer")
+            return  # in realtime mode the model answers by itself
+        turn = _Turn(play_id=self._new_play_id())
+        self._turn = turn
+        turn.task = self._spawn(self._run_turn(turn, nudge))
+
+    def _cancel_turn(self) -> None:
+        turn, self._turn = self._turn, None
+        if turn is None:
+            return
+        turn.cancelled = True
+        # What was generated before the cut stays in the history, before the next message.
+        if turn.reply is not None and turn.reply.text.strip():
+            self.history.append({"role": "assistant", "content": turn.reply.text})
+        turn.reply = None
+        self._flush_notes(turn)
+        if turn.task is not None:
+            turn.task.cancel()
+
+    async def _run_turn(self, turn: _Turn, nudge: str | None) -> None:
+        assert self.llm is not None
+        try:
+            if "rolling_summary" in self._features():
+                await self._roll_summary()
+            rounds = 0
+            while not turn.cancelled:
+                requests = await self._round(turn, nudge if rounds == 0 else None)
+                if not requests or turn.cancelled:
+                    break
+                if rounds >= MAX_HTTP_ROUNDS:
+                    self._error(f"more than {MAX_HTTP_ROUNDS} <http> rounds in one turn: stopped")
+                    break
+                rounds += 1
+                self._release(turn)
+                for request in requests:
+                    self._note(await self._http_call(request))
+        except ProviderError as exc:
+            self._error(f"LLM: {exc}")
+        except Exception as exc:  # a bug must still end the turn's speech
+            log.exception("playbook turn failed")
+            self._error(f"playbook turn failed: {type(exc).__name__}: {exc}")
+        if not turn.cancelled:
+            self._finish_turn(turn)
+
+    async def _round(self, turn: _Turn, nudge: str | None) -> list[Http]:
+        """One LLM call; returns the ``<http>`` requests it asked for."""
+        assert self.llm is not None
+        messages: list[ChatMessage] = [{"role": "system", "content": self._prompt()}]
+        messages.extend(self.history)
+        if nudge is not None:
+            messages.append({"role": "system", "content": nudge})
+        requests: list[Http] = []
+        parser = ReplyParser()
+        turn.reply = parser
+        async for delta in self.llm.chat(messages, self._option):
+            if turn.cancelled:
+                return []
+            if delta.content:
+                items = parser.push(delta.content)
+                for index, item in enumerate(items):
+                    # speech just before a tag may be the reply's last: it waits for the next
+                    # speech or the end, so a <hangup/> can ride on it (no added latency
+                    # when more text follows at once)
+                    before_tag = isinstance(_at(items, index + 1), ActionTag)
+                    self._item(turn, item, requests, last=before_tag)
+        for item in parser.finish():
+            self._item(turn, item, requests, last=True)
+        turn.reply = None
+        if parser.text.strip():
+            self.history.append({"role": "assistant", "content": parser.text})
+        self._flush_notes(turn)
+        return requests
+
+    def _item(
+        self, turn: _Turn, item: ReplyItem, requests: list[Http], *, last: bool = False
+    ) -> None:
+        """One item of the reply; ``last``: its speech may end the reply, so it is held for
+        the final ``tts`` (the one with ``endOfStream`` and ``autoHangup``) until more comes."""
+        if turn.cancelled:
+            return
+        if isinstance(item, Speech):
+            self._say(turn, item.text, hold=last)
+        elif isinstance(item, ActionTag):
+            try:
+                action = action_from_tag(item.name, item.attrs)
+            except ActionError as exc:
+                self._error(str(exc))
+                return
+            self._act(turn, action, requests)
+        elif isinstance(item, JsonReply):
+            if item.text:
+                self._say(turn, item.text, hold=True)
+            if item.wait_input_timeout is not None:
+                turn.wait_input_ms = item.wait_input_timeout
+            for tool in item.tools:
+                try:
+                    action = action_from_tool(tool)
+                except ActionError as exc:
+                    self._error(str(exc))
+                    continue
+                self._act(turn, action, requests)
+
+    def _say(self, turn: _Turn, text: str, *, hold: bool = False) -> None:
+        self._release(turn)
+        turn.spoken.append(text)
+        if hold:
+            turn.held = text
+            return
+        # The trailing space keeps the TTS's own sentence splitter from gluing sentences.
+        command = {"command": "tts", "text": f"{text} ", "playId": turn.play_id, "streaming": True}
+        self._send(command)
+
+    def _release(self, turn: _Turn) -> None:
+        """Send the held sentence: more is coming after all."""
+        held, turn.held = turn.held, None
+        if held is not None:
+            self._send(
+                {"command": "tts", "text": f"{held} ", "playId": turn.play_id, "streaming": True}
+            )
+
+    def _act(self, turn: _Turn, action: Action, requests: list[Http]) -> None:
+        if isinstance(action, Hangup):
+            turn.hangup = True
+        elif isinstance(action, Refer | Play):
+            turn.after.append(action)
+        elif isinstance(action, Goto):
+            self._goto(action.scene, by_key=False)
+        elif isinstance(action, SetVar):
+            self.vars[action.key] = action.value
+        elif isinstance(action, Http):
+            requests.append(action)
+        elif isinstance(action, Collect):
+            self._collect(turn, action)
+        elif isinstance(action, Message):
+            command: dict[str, Any] = {"command": "message", "body": action.body}
+            if action.content_type:
+                command["contentType"] = action.content_type
+            if action.refer:
+                command["refer"] = True
+            self._send(command)
+        elif isinstance(action, Accept):
+            self._send({"command": "accept", "option": dict(self.playbook.option)})
+        elif isinstance(action, Reject):
+            command = {"command": "reject", "reason": action.reason}
+            if action.code is not None:
+                command["code"] = action.code
+            self._send(command)
+        elif isinstance(action, Rag):
+            self._note(f"No knowledge base is configured: nothing found for {action.query!r}.")
+
+    def _finish_turn(self, turn: _Turn) -> None:
+        """The LLM is done: end the turn's speech and schedule what follows it."""
+        if self._turn is turn:
+            self._turn = None
+        if turn.spoken:
+            now = self._clock()
+            text = " ".join(turn.spoken)
+            self._last_reply = (now, text)
+            self._send({"command": "history", "speaker": "assistant", "text": text})
+        self._finish_actions(turn)
+
+    def _finish_actions(self, turn: _Turn) -> None:
+        plays = [a for a in turn.after if isinstance(a, Play)]
+        refers = [a for a in turn.after if isinstance(a, Refer)]
+        hangup = turn.hangup and not refers  # a transfer leg ends the call by itself
+        later: list[_Later] = []
+        for index, play in enumerate(plays):
+            last = index == len(plays) - 1
+            later.append(_Later(_bind(self._play_after, play.file, hangup and last)))
+        for refer in refers:
+            later.append(_Later(_bind(self._refer, refer.to)))
+        if turn.collection is not None:
+            later.append(_Later(_bind(self._arm, turn.collection), keep=True))
+        if turn.spoken:
+            held, turn.held = turn.held, None
+            final: dict[str, Any] = {
+                "command": "tts",
+                "text": held or "",
+                "playId": turn.play_id,
+                "streaming": True,
+                "endOfStream": True,
+            }
+            if hangup and not plays:
+                final["autoHangup"] = True
+            elif not plays and not refers and turn.collection is None:
+                self._with_wait_input(final, turn.wait_input_ms)
+            self._send(final)
+            if later:
+                self._after[turn.play_id] = later
+            return
+        for item in later:
+            item.run()
+        if hangup and not plays:
+            self._hangup_now("system")
+
+    def _goto(self, scene_id: str, *, by_key: bool) -> None:
+        scene = self.playbook.scenes.get(scene_id)
+        if scene is None:
+            self._error(f"goto: no scene '{scene_id}'")
+            self._note(f"There is no scene '{scene_id}'.")
+            return
+        self.scene = scene
+        self._render_scene()
+        if not by_key:
+            return  # the LLM switched scene in the middle of its reply: it carries on
+        # A key moved the caller: the scene's file, then the LLM speaks for the new scene.
+        if scene.play:
+            self._then(self._play(scene.play), self._start_turn)
+        else:
+            self._start_turn()
+
+    def _collect(self, turn: _Turn, action: Collect) -> None:
+        spec = self.playbook.collectors.get(action.type)
+        if spec is None:
+            known = ", ".join(self.playbook.collectors) or "none"
+            self._error(f"<collect>: no collector '{action.type}'")
+            self._note(f"There is no collector '{action.type}' (collectors: {known}).")
+            return
+        collection = Collection(spec, action.var, prompt=action.prompt)
+        self._collection = collection
+        turn.collection = collection
+        if action.prompt:
+            self._say(turn, action.prompt)
+
+    def _arm(self, collection: Collection) -> None:
+        if self._collection is collection:
+            collection.arm(self._clock())
+
+    def _collected(self, collection: Collection, outcome: Outcome) -> None:
+        if self._collection is not collection:
+            return
+        spec = collection.spec
+        if isinstance(outcome, Invalid):
+            play_id = self._new_play_id()
+            text = " ".join(t for t in (outcome.message, collection.prompt) if t)
+            self._send({"command": "tts", "text": text, "playId": play_id})
+            self._then(play_id, _bind(self._arm, collection), keep=True)
+            return
+        self._collection = None
+        if isinstance(outcome, Collected):
+            self.vars[collection.var] = outcome.digits
+            self._note(
+                f"The caller entered {collection.var} = {outcome.digits} on the keypad"
+                f" ({spec.name})."
+            )
+        elif isinstance(outcome, Failed):
+            detail = "no keys were pressed" if outcome.reason == "timeout" else "invalid entries"
+            self._note(f"Collecting {collection.var} ({spec.name}) failed: {detail}.")
+        self._start_turn()
+
+    def _barge_in(self) -> None:
+        command: dict[str, Any] = {"command": "interrupt", "graceful": True}
+        fade = self.playbook.interruption.volume_fade_ms
+        if fade:
+            command["fadeOutMs"] = fade
+        self._send(command)
+        speaking = self._bargein.agent_speaking
+        if speaking is not None:
+            self._drop_after(speaking)
+        if self._turn is not None and self._turn.play_id == speaking:
+            self._cancel_turn()
+
+    def _listening_for_bargein(self) -> bool:
+        collection = self._collection
+        return self._answered and (collection is None or collection.spec.interruptible)
+
+    def _stop_agent(self) -> None:
+        speaking = self._bargein.agent_speaking
+        if speaking is not None:
+            self._drop_after(speaking)
+            self._send({"command": "interrupt"})
+
+    # ------------------------------------------------------------------ commands out
+
+    def _send(self, command: dict[str, Any]) -> None:
+        if not self._ended:
+            self._send_command(command)
+
+    def _new_play_id(self) -> str:
+        self._counter += 1
+        play_id = f"{self.facts.session_id}-pb{self._counter}"
+        self._ours.add(play_id)
+        return play_id
+
+    def _play(self, file: str, *, auto_hangup: bool = False) -> str:
+        play_id = self._new_play_id()
+        command: dict[str, Any] = {"command": "play", "url": file, "playId": play_id}
+        if auto_hangup:
+            command["autoHangup"] = True
+        else:
+            self._with_wait_input(command)
+        self._send(command)
+        return play_id
+
+    def _play_after(self, file: str, auto_hangup: bool) -> None:
+        self._play(file, auto_hangup=auto_hangup)
+
+    def _refer(self, to: str) -> None:
+        self._send({"command": "refer", "caller": "", "callee": to})
+
+    def _hangup_now(self, initiator: str) -> None:
+        command: dict[str, Any] = {"command": "hangup", "reason": initiator, "initiator": initiator}
+        headers = self.playbook.hangup_headers
+        if headers:
+            variables = self._template_vars()
+            command["headers"] = {k: render(v, variables) for k, v in headers.items()}
+        self._send(command)
+
+    def _then(self, play_id: str, action: Callable[[], None], *, keep: bool = False) -> None:
+        self._after.setdefault(play_id, []).append(_Later(action, keep))
+
+    def _drop_after(self, play_id: str) -> None:
+        """``play_id`` was cut off: what was to follow it is dropped, except what must run
+        anyway (arming a keypad collection, which must not wait for ever)."""
+        kept = [later for later in self._after.pop(play_id, []) if later.keep]
+        if kept:
+            self._after[play_id] = kept
+
+    def _followup(self) -> FollowUp | None:
+        return self.scene.followup or self.playbook.followup
+
+    def _with_wait_input(self, command: dict[str, Any], wait_ms: int | None = None) -> None:
+        followup = self._followup()
+        if wait_ms is None and followup is not None:
+            wait_ms = followup.timeout_ms
+        if wait_ms:
+            command["waitInputTimeout"] = wait_ms
+
+    # ------------------------------------------------------------------ prompts
+
+    def _template_vars(self) -> dict[str, Any]:
+        return template_variables(self.facts, self._variables, self.vars)
+
+    def _render_scene(self) -> None:
+        prompt = render(self.scene.prompt, self._template_vars())
+        self.system_prompt = system_prompt(self.playbook, prompt)
+
+    def _prompt(self) -> str:
+        if self._summary:
+            return f"{self.system_prompt}\n\nThe conversation so far, summarized:\n{self._summary}"
+        return self.system_prompt
+
+    def _features(self) -> tuple[str, ...]:
+        llm = self.playbook.llm
+        return llm.features if llm is not None else ()
+
+    async def _roll_summary(self) -> None:
+        llm = self.playbook.llm
+        limit = llm.summary_limit if llm is not None else 20
+        if self.llm is None or len(self.history) <= max(limit, RECENT_TURNS):
+            return
+        older, recent = self.history[:-RECENT_TURNS], self.history[-RECENT_TURNS:]
+        if self._summary:
+            older = [{"role": "system", "content": self._summary}, *older]
+        self._summary = await summarize("detailed", older, self.llm, self._option)
+        self.history[:] = recent
+
+    def _note(self, text: str) -> None:
+        """Tell the LLM something that happened (a tool's answer, a keypad result)."""
+        turn = self._turn
+        if turn is not None and turn.reply is not None:
+            turn.notes.append(text)  # after the reply that caused it, once it is complete
+        else:
+            self.history.append({"role": "system", "content": text})
+
+    def _flush_notes(self, turn: _Turn) -> None:
+        notes, turn.notes = turn.notes, []
+        self.history.extend({"role": "system", "content": note} for note in notes)
+
+    def _extracted(self, headers: Mapping[str, Any]) -> Mapping[str, str]:
+        wanted = self.playbook.extract_headers
+        if wanted is None:
+            return {str(k): str(v) for k, v in headers.items()}
+        lower = {str(k).lower(): str(v) for k, v in headers.items()}
+        return {name: lower[name.lower()] for name in wanted if name.lower() in lower}
+
+    # ------------------------------------------------------------------ I/O
+
+    async def _http_call(self, request: Http) -> str:
+        """Do an ``<http>`` request; what the LLM is told about its answer."""
+        headers = dict(request.headers)
+        if request.body is not None and not any(k.lower() == "content-type" for k in headers):
+            stripped = request.body.lstrip()
+            json_body = stripped.startswith(("{", "["))
+            headers["Content-Type"] = "application/json" if json_body else "text/plain"
+        try:
+            response = await self._client().request(
+                request.method,
+                request.url,
+                content=request.body,
+                headers=headers,
+                timeout=HTTP_TIMEOUT_S,
+            )
+        except httpx.HTTPError as exc:
+            return f"HTTP {request.method} {request.url} failed: {exc or type(exc).__name__}"
+        body = response.text
+        if len(body) > HTTP_RESULT_CHARS:
+            body = body[:HTTP_RESULT_CHARS] + " [cut]"
+        return f"HTTP {request.method} {request.url} answered {response.status_code}:\n{body}"
+
+    async def _posthook(self) -> None:
+        hook = self.playbook.posthook
+        assert hook is not None
+        try:
+            status = await send_posthook(
+                hook,
+                session_id=self.facts.session_id,
+                history=list(self.history),
+                timestamp_ms=self._clock(),
+                http=self._client(),
+                llm=self.llm,
+                option=self._option,
+            )
+            log.info("posthook of %s: %s answered %d", self.facts.session_id, hook.url, status)
+        except httpx.HTTPError as exc:
+            log.warning("posthook of %s to %s failed: %s", self.facts.session_id, hook.url, exc)
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = httpx.AsyncClient(follow_redirects=True)
+        return self._http
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        start = self._start_task or asyncio.get_running_loop().create_task
+        task = start(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("playbook task failed", exc_info=exc)
+            self._error(f"playbook: {type(exc).__name__}: {exc}")
+
+    def _error(self, message: str) -> None:
+        log.warning("%s: %s", self.facts.session_id, message)
+        if self._report is not None:
+            with contextlib.suppress(Exception):
+                self._report(message)
+
+    def _time(self, event: Mapping[str, Any]) -> int:
+        stamp = event.get("timestamp")
+        if isinstance(stamp, int) and not isinstance(stamp, bool):
+            return stamp
+        return self._clock()
+
+
+def _at(items: list[ReplyItem], index: int) -> ReplyItem | None:
+    return items[index] if index < len(items) else None
+
+
+def _llm_option(playbook: Playbook) -> LlmOption:
+    llm = playbook.llm
+    if llm is None:
+        return LlmOption()
+    return LlmOption(
+        provider=llm.provider, model=llm.model, base_url=llm.base_url, api_key=llm.api_key
+    )
+
+
+def _bind(fn: Callable[..., None], *args: Any) -> Callable[[], None]:
+    def call() -> None:
+        fn(*args)
+
+    return call
+
+
+def _rfc3339(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
