@@ -22,6 +22,7 @@ import contextlib
 import json
 import math
 import re
+import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -125,6 +126,10 @@ class _Voice:
 
 
 _END: Final = object()
+_ESPEAK: Final = threading.Lock()
+"""Piper phonemizes with espeak-ng, whose state is process-global: two threads synthesising at
+once (a closed provider's thread still finishing a sentence, and a new one) garble each other's
+phonemes. One synthesis at a time per process."""
 
 
 class PiperStream:
@@ -227,9 +232,10 @@ class PiperStream:
         spoken = _TAG.sub(" ", text).strip()
         if not spoken:
             return b""
-        pieces = [
-            c.audio_int16_array for c in self._voice.voice.synthesize(spoken, self._synthesis)
-        ]
+        with _ESPEAK:
+            pieces = [
+                c.audio_int16_array for c in self._voice.voice.synthesize(spoken, self._synthesis)
+            ]
         return np.concatenate(pieces).tobytes() if pieces else b""
 
 
