@@ -170,11 +170,6 @@ _FLAG_KEYS = {
 }
 
 
-_PENDING = {
-    "handler": "playbook handlers (a webhook handler works now)",
-}
-
-
 # --- serve --------------------------------------------------------------------------------------
 
 
@@ -221,12 +216,6 @@ def serve(ctx: click.Context, /, conf: str | None, **flags: Any) -> None:
         configure_logging(config.log_level, config.log_file)
     except OSError as exc:
         raise click.ClickException(f"cannot open log_file {config.log_file}: {exc}") from None
-    for name, part in _PENDING.items():
-        value = flags.get(name)
-        if value not in (None, ()) and not str(value).startswith(("http://", "https://")):
-            logger.info(
-                "--%s is stored in the config; it takes effect with %s (not built yet)", name, part
-            )
     run = _server_entry()
     if run is None:
         click.echo(

@@ -34,6 +34,7 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> int:
     from activecall.supervisor.directory import CallDirectory
     from activecall.supervisor.http import HttpRequest, HttpResponse, serve_http
     from activecall.supervisor.metrics import LATENCY_BUCKETS, Registry, watch_loop_lag
+    from activecall.supervisor.playbooks import PlaybookApi
     from activecall.supervisor.pool import WorkerPool
     from activecall.supervisor.sip import SipService
     from activecall.web import CONSOLE_FILES, console_file
@@ -77,6 +78,9 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> int:
         return HttpResponse.json(status, body)
 
     front.add_route("POST", "precache", precache)
+    playbooks = PlaybookApi()
+    directory.playbook_runs = playbooks.runs
+    front.add_tree("api", playbooks.handle)
     front.add_call_route("/call/webrtc", "webrtc")
     for name in CONSOLE_FILES:
         body, content_type = console_file(name)

@@ -14,9 +14,9 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -34,6 +34,9 @@ from activecall.supervisor.sessions import (
     SessionUnavailable,
 )
 from activecall.workers import control
+
+if TYPE_CHECKING:
+    from activecall.supervisor.playbooks import PendingRuns
 
 __all__ = ["CallDirectory", "LiveCall", "SipSignalling"]
 
@@ -235,11 +238,20 @@ class CallDirectory:
         self.draining = False
         self.sip: SipSignalling | None = None
         """The SIP service, when the node runs one: ``/call/sip`` sessions are joined to it."""
+        self.playbook_runs: PendingRuns | None = None
+        """``POST /api/playbook/run`` playbooks: the next call with that id runs one."""
         if registry is not None:
             self._register_metrics(registry)
 
-    def open_call(self, call_type: str, params: CallParams, conn: CallConnection) -> SessionHandle:
-        """Start the call's session on the least-loaded worker."""
+    def open_call(
+        self,
+        call_type: str,
+        params: CallParams,
+        conn: CallConnection,
+        extra: Mapping[str, Any] | None = None,
+    ) -> SessionHandle:
+        """Start the call's session on the least-loaded worker; ``extra``: more open params
+        (the ``playbook`` a call with no client runs, ...)."""
         if self.draining:
             raise SessionUnavailable("the server is shutting down")
         if params.session_id in self.calls:
@@ -252,6 +264,9 @@ class CallDirectory:
         }
         if call_type == "sip" and self.sip is not None:
             wire_params.update(self.sip.open_params(params.session_id))
+        if self.playbook_runs is not None:
+            wire_params.update(self.playbook_runs.take(params.session_id, time.monotonic()))
+        wire_params.update(extra or {})
         try:
             call.route = self.pool.open_session(
                 params.session_id, call_type, wire_params, _Outbound(call)

@@ -159,6 +159,7 @@ class _Route:
     method: str
     takes_id: bool
     handler: RouteHandler | None  # None: the SSE stream, which takes the connection over
+    tree: bool = False  # ``/name`` and every path under it, any method: the handler decides
 
 
 class _Head:
@@ -294,6 +295,13 @@ class HttpFrontEnd:
         if not name or "/" in name:
             raise ValueError(f"a route name is one path segment: {name!r}")
         self._routes[name] = _Route(method.upper(), takes_id, handler)
+
+    def add_tree(self, name: str, handler: RouteHandler) -> None:
+        """Serve ``/name`` and every path under it, any method, with ``handler`` (which reads
+        ``request.method`` and ``request.path`` and answers 404/405 itself)."""
+        if not name or "/" in name:
+            raise ValueError(f"a route name is one path segment: {name!r}")
+        self._routes[name] = _Route("*", False, handler, tree=True)
 
     # -- serving -------------------------------------------------------------------------
 
@@ -572,7 +580,7 @@ class HttpConnection(asyncio.Protocol):
             return
         name, _, arg = path[1:].partition("/")
         route = self._front._routes.get(name)
-        if route is not None and (route.takes_id != bool(arg) or "/" in arg):
+        if route is not None and not route.tree and (route.takes_id != bool(arg) or "/" in arg):
             route = None  # /list/x, /kill, /kill/a/b
         if not self._front._authorized(head, None):
             response = _error(401, "unauthorized", "a valid bearer token is required")
@@ -581,7 +589,7 @@ class HttpConnection(asyncio.Protocol):
         if route is None:
             self._send(_error(404, "not_found", f"no such endpoint: {path}"))
             return
-        if method != route.method:
+        if method != route.method and not route.tree:
             response = _error(
                 405,
                 "method_not_allowed",

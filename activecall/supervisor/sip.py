@@ -23,9 +23,12 @@ INVITEs still waiting for their application and un-REGISTERs; live calls end wit
 sessions (BYE), and :meth:`SipService.close` waits a little for those BYEs (and the
 un-REGISTERs) to be answered.
 
-Not here yet: TLS, DNS SRV/NAPTR (the URI's host is resolved with getaddrinfo), the playbook
-handler (inbound calls get 503 until the playbook runner exists), outbound TCP connection reuse
-beyond the connection a peer opened.
+With the ``playbook`` handler an inbound call needs no application: the directory opens its
+session with the matched playbook (:mod:`activecall.playbook.handler`), which accepts it; a
+missing or broken playbook is a 503.
+
+Not here yet: TLS, DNS SRV/NAPTR (the URI's host is resolved with getaddrinfo), outbound TCP
+connection reuse beyond the connection a peer opened.
 """
 
 from __future__ import annotations
@@ -372,14 +375,40 @@ class SipService:
         if handler is None:
             self._run(self.agent.reject(call.session_id, 503, "No invite handler configured", now))
             return
-        if isinstance(handler, PlaybookHandler) or self.webhook is None:
-            # Running playbooks comes with the playbook runner; until then the call is refused.
-            self._run(
-                self.agent.reject(call.session_id, 503, "Playbook handler not available", now)
-            )
+        if isinstance(handler, PlaybookHandler):
+            self._pending[call.session_id] = call
+            self._spawn(self._start_playbook(call, handler))
+            return
+        if self.webhook is None:
+            self._run(self.agent.reject(call.session_id, 503, "No invite handler configured", now))
             return
         self._pending[call.session_id] = call
         self._spawn(self._notify(call))
+
+    async def _start_playbook(self, call: IncomingCall, handler: PlaybookHandler) -> None:
+        """Run the call's playbook with no client: its session accepts the call by itself."""
+        from activecall.playbook.handler import PlaybookUnavailable, playbook_for_call
+
+        try:  # reading and checking the file is off the loop
+            path = await asyncio.to_thread(playbook_for_call, handler, call.caller, call.callee)
+        except PlaybookUnavailable as exc:
+            log.warning("call %s refused: %s", call.session_id, exc)
+            self._pending.pop(call.session_id, None)
+            self._run(self.agent.reject(call.session_id, 503, exc.reason, self._loop.time()))
+            return
+        if call.session_id not in self._pending:
+            return  # cancelled, timed out or refused (draining) meanwhile
+        extra = {"playbook": path, "playbookStart": "accept"}
+        try:
+            self.directory.open_call(
+                "sip", CallParams(session_id=call.session_id), _NoClient(), extra
+            )
+        except Exception as exc:  # draining, no free worker
+            log.warning("call %s refused: cannot start its session: %s", call.session_id, exc)
+            self._pending.pop(call.session_id, None)
+            self._run(
+                self.agent.reject(call.session_id, 503, "Service Unavailable", self._loop.time())
+            )
 
     async def _notify(self, call: IncomingCall) -> None:
         assert self.webhook is not None
@@ -471,16 +500,33 @@ class SipService:
         self.directory.signal(session_id, {"event": "reject", "code": code, "reason": reason})
 
     def place_call(self, callee: str) -> None:
-        """``--call``: an outbound call with no client (it is answered and then waits)."""
+        """``--call``: an outbound call with no client; with a playbook handler it runs the
+        playbook (``--handler file.md``), else it is answered and then waits."""
+        from activecall.playbook.handler import PlaybookUnavailable, playbook_for_call
         from activecall.protocol import CallOption, InviteCommand
 
-        params = CallParams(session_id=f"c.{uuid.uuid4()}", dump=False)
+        handler = self.config.handler
+        extra: dict[str, Any] = {}
+        if isinstance(handler, PlaybookHandler):
+            try:
+                path = playbook_for_call(handler, "", callee)
+            except PlaybookUnavailable as exc:
+                log.error("--call %s: not placed: %s", callee, exc)
+                return
+            extra = {
+                "playbook": path,
+                "playbookStart": "invite",
+                "playbookOption": {"callee": callee},
+            }
+        params = CallParams(session_id=f"c.{uuid.uuid4()}", dump=bool(extra))
         try:
-            handle = self.directory.open_call("sip", params, _NoClient())
+            handle = self.directory.open_call("sip", params, _NoClient(), extra)
         except Exception as exc:
             log.error("--call %s: cannot start the call: %s", callee, exc)
             return
-        handle.on_text(InviteCommand(option=CallOption(callee=callee)).to_json())
+        log.info("--call %s: session %s", callee, params.session_id)
+        if not extra:  # a playbook call sends its own invite
+            handle.on_text(InviteCommand(option=CallOption(callee=callee)).to_json())
 
     # --- addresses -------------------------------------------------------------------------
 

@@ -11,113 +11,41 @@ sipp plays G.711 speech RTP from ``tests/data/speech_8s_pcmu.pcap`` (made by
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
-from aiohttp import web
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
 
 from activecall.sip.message import SipParseError, SipResponse, SipStreamParser, parse
 from tests.sip import malformed
-
-DATA = Path(__file__).resolve().parents[1] / "data"
-SCENARIOS = DATA / "sipp"
-SIPP_PCAPS = Path("/usr/share/sip-tester")
-WORKERS = ("--workers", "2")
-
-
-def _free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _sipp() -> str:
-    path = shutil.which("sipp")
-    if path is None:
-        pytest.fail("sipp is not installed: `apt-get install sip-tester` (make test does it)")
-    if not (SIPP_PCAPS / "dtmf_2833_1.pcap").is_file():
-        pytest.fail(f"sipp's DTMF pcaps are missing from {SIPP_PCAPS} (Debian sip-tester)")
-    return path
-
-
-class SipNode:
-    """``activecall serve`` with SIP on 127.0.0.1 and a webhook handler on ``hook_port``."""
-
-    def __init__(self, cwd: Path, hook_port: int, call: str | None = None, extra: str = "") -> None:
-        self.cwd = cwd
-        self.http_port = _free_port()
-        self.sip_port = _free_port(socket.SOCK_DGRAM)
-        self.hook_port = hook_port
-        rtp = 20000 + (self.sip_port % 200) * 100  # a range of its own, even when run twice
-        (cwd / "activecall.toml").write_text(
-            f'http_addr = "127.0.0.1:{self.http_port}"\n'
-            f'addr = "127.0.0.1"\nudp_port = {self.sip_port}\n'
-            f"rtp_start_port = {rtp}\nrtp_end_port = {rtp + 99}\n"
-            'accept_timeout = "10s"\n'
-            '[handler]\ntype = "webhook"\n'
-            f'url = "http://127.0.0.1:{hook_port}/invite"\n'
-            '[callrecord]\ntype = "local"\nroot = "cdr"\n' + extra
-        )
-        self.log = (cwd / "server.log").open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "activecall", "serve", "--conf", "activecall.toml", *WORKERS]
-            + (["--call", call] if call else []),
-            cwd=cwd,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                if self.health()["workers"] == 2:
-                    return
-            assert self.proc.poll() is None, self.logs()
-            time.sleep(0.1)
-        raise AssertionError("server did not start:\n" + self.logs())
-
-    def health(self) -> Any:
-        url = f"http://127.0.0.1:{self.http_port}/health"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return json.loads(response.read())
-
-    def logs(self) -> str:
-        return (self.cwd / "server.log").read_text(errors="replace")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        return self.proc.returncode
+from tests.supervisor.sip_helpers import (
+    DATA,
+    SIPP_PCAPS,
+    App,
+    SipNode,
+    event_names,
+    free_port,
+    require_sipp,
+    run_sipp,
+    webhook_app,
+)
 
 
 @pytest.fixture(scope="module")
 def hook_port() -> int:
-    return _free_port()
+    return free_port()
 
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory, hook_port: int) -> Iterator[SipNode]:
-    _sipp()
+    require_sipp()
     srv = SipNode(tmp_path_factory.mktemp("node"), hook_port)
     yield srv
     assert srv.stop() == 0, srv.logs()
@@ -129,108 +57,6 @@ def run_dir(tmp_path: Path) -> Path:
     (tmp_path / "speech_8s_pcmu.pcap").symlink_to(DATA / "speech_8s_pcmu.pcap")
     (tmp_path / "dtmf_2833_1.pcap").symlink_to(SIPP_PCAPS / "dtmf_2833_1.pcap")
     return tmp_path
-
-
-Reaction = Callable[[dict[str, Any]], list[dict[str, Any]]]
-"""What the application sends in answer to an event."""
-
-
-class App:
-    """The webhook application: joins the INVITEs that carry ``X-Test-Case`` and accepts
-    them with ``option``; any other INVITE is refused (404, so the node answers 503)."""
-
-    def __init__(
-        self, node: SipNode, option: dict[str, Any], react: Reaction | None = None
-    ) -> None:
-        self.node = node
-        self.option = option
-        self.react = react
-        self.payloads: list[dict[str, Any]] = []
-        self.calls: dict[str, asyncio.Task[list[dict[str, Any]]]] = {}
-        self.refused = 0
-
-    async def invite(self, request: web.Request) -> web.Response:
-        payload = await request.json()
-        if not any(line.startswith("X-Test-Case:") for line in payload["headers"]):
-            self.refused += 1
-            return web.json_response({"status": "not for me"}, status=404)
-        self.payloads.append(payload)
-        self.calls[payload["dialogId"]] = asyncio.create_task(self.join(payload["dialogId"]))
-        return web.json_response({"status": "ok"})
-
-    async def join(self, dialog_id: str) -> list[dict[str, Any]]:
-        events: list[dict[str, Any]] = []
-        url = f"ws://127.0.0.1:{self.node.http_port}/call/sip?id={dialog_id}"
-        async with connect(url) as ws:
-            await ws.send(json.dumps({"command": "accept", "option": self.option}))
-            with contextlib.suppress(ConnectionClosed):  # 1011 when the worker died
-                async for message in ws:  # until the node closes the WebSocket
-                    if isinstance(message, str):
-                        events.append(json.loads(message))
-                        for command in self.react(events[-1]) if self.react else ():
-                            await ws.send(json.dumps(command))
-        return events
-
-    async def call_events(self, timeout: float = 15) -> list[dict[str, Any]]:
-        assert len(self.calls) == 1, self.payloads
-        return await asyncio.wait_for(next(iter(self.calls.values())), timeout)
-
-
-@contextlib.asynccontextmanager
-async def webhook_app(
-    node: SipNode, option: dict[str, Any], react: Reaction | None = None
-) -> AsyncIterator[App]:
-    app = App(node, option, react)
-    web_app = web.Application()
-    web_app.router.add_post("/invite", app.invite)
-    runner = web.AppRunner(web_app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", node.hook_port, reuse_address=True)
-    await site.start()
-    try:
-        yield app
-    finally:
-        for task in app.calls.values():
-            task.cancel()
-        await runner.cleanup()
-
-
-async def run_sipp(scenario: str, cwd: Path, *args: str, timeout: float = 40) -> tuple[int, str]:
-    """Run one sipp call of ``scenario``; its exit code (0: the call succeeded) and output."""
-    process = await asyncio.create_subprocess_exec(
-        _sipp(),
-        "-sf",
-        str(SCENARIOS / scenario),
-        "-i",
-        "127.0.0.1",
-        "-p",
-        str(_free_port(socket.SOCK_DGRAM)),
-        "-mi",
-        "127.0.0.1",
-        "-mp",
-        str(_free_port(socket.SOCK_DGRAM)),
-        "-m",
-        "1",
-        "-nostdin",
-        "-trace_err",
-        *args,
-        cwd=cwd,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
-        out, _ = await asyncio.wait_for(process.communicate(), timeout)
-    except BaseException:  # a timeout, or the test failed meanwhile: sipp must not stay
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        raise
-    errors = "".join(p.read_text(errors="replace") for p in cwd.glob("*_errors.log"))
-    return process.returncode or 0, out.decode(errors="replace") + errors
-
-
-def _names(events: list[dict[str, Any]]) -> list[str]:
-    return [e["event"] for e in events]
 
 
 def test_sipp_calls_in_through_the_webhook_speech_dtmf_and_bye(
@@ -254,7 +80,7 @@ def test_sipp_calls_in_through_the_webhook_speech_dtmf_and_bye(
     assert "m=audio" in payload["offer"] and "X-Test-Case: speech-dtmf" in payload["headers"]
     dialog_id = payload["dialogId"]
     # The §2.9 order: incoming, the answer, media, VAD, the digit, the caller's BYE.
-    names = _names(events)
+    names = event_names(events)
     assert names[:3] == ["incoming", "trackStart", "answer"]
     assert events[0]["headers"] == {"X-Test-Case": "speech-dtmf"}
     assert events[0]["sdp"] == payload["offer"]
@@ -299,7 +125,7 @@ def test_sipp_drives_the_dialog_options_info_hold_message_refer(
     code, out, events = asyncio.run(scenario())
     # sipp checked the OPTIONS Allow list, the recvonly/sendrecv answers and our MESSAGE.
     assert code == 0, out
-    names = _names(events)
+    names = event_names(events)
     assert names[:3] == ["incoming", "trackStart", "answer"]
     assert [e["digit"] for e in events if e["event"] == "dtmf"] == ["5"]  # SIP INFO
     assert [e["onHold"] for e in events if e["event"] == "hold"] == [True, False]
@@ -317,7 +143,7 @@ def test_calls_out_to_sipp_through_a_401_challenge(
     node: SipNode, run_dir: Path, password: str
 ) -> None:
     async def scenario() -> tuple[int, str, list[dict[str, Any]]]:
-        sipp_port = _free_port(socket.SOCK_DGRAM)
+        sipp_port = free_port(socket.SOCK_DGRAM)
         sipp = asyncio.create_task(
             run_sipp("uas_auth.xml", run_dir, "-p", str(sipp_port), timeout=30)
         )
@@ -341,7 +167,7 @@ def test_calls_out_to_sipp_through_a_401_challenge(
         return code, out, events
 
     code, out, events = asyncio.run(scenario())
-    names = _names(events)
+    names = event_names(events)
     if password == "wrong":
         # sipp's verifyauth refused the credentials: 403, and the call fails on both sides.
         assert code != 0
@@ -467,7 +293,7 @@ def test_malformed_corpus_is_refused_while_a_call_goes_on(node: SipNode, run_dir
     # The call that ran meanwhile (every in-dialog request of the test above) went through
     # as usual, and the node is fine.
     assert code == 0, out
-    names = _names(events)
+    names = event_names(events)
     assert names[:3] == ["incoming", "trackStart", "answer"]
     assert [e["digit"] for e in events if e["event"] == "dtmf"] == ["5"]
     assert "transferRequest" in names and "error" not in names
@@ -487,8 +313,8 @@ def _worker_pids(node: SipNode) -> list[int]:
 def test_live_calls_get_a_bye_when_the_node_stops_or_their_worker_dies(
     tmp_path: Path, run_dir: Path, ending: str
 ) -> None:
-    _sipp()
-    hook = _free_port()
+    require_sipp()
+    hook = free_port()
     (tmp_path / "node").mkdir()
     node = SipNode(tmp_path / "node", hook)
 
@@ -517,7 +343,7 @@ def test_live_calls_get_a_bye_when_the_node_stops_or_their_worker_dies(
         exit_code = node.stop()
     assert code == 0, out  # sipp got its BYE and answered it
     assert exit_code == 0, node.logs()
-    assert _names(events)[:3] == ["incoming", "trackStart", "answer"]
+    assert event_names(events)[:3] == ["incoming", "trackStart", "answer"]
     assert events[-1]["event"] == "hangup" and events[-1]["initiator"] == "system"
     if ending == "worker killed":
         assert events[-2]["event"] == "error" and events[-1]["reason"] == "error"
@@ -525,7 +351,7 @@ def test_live_calls_get_a_bye_when_the_node_stops_or_their_worker_dies(
 
 def test_hanging_up_while_ringing_cancels_the_invite(node: SipNode, run_dir: Path) -> None:
     async def scenario() -> tuple[int, str, list[dict[str, Any]]]:
-        sipp_port = _free_port(socket.SOCK_DGRAM)
+        sipp_port = free_port(socket.SOCK_DGRAM)
         sipp = asyncio.create_task(run_sipp("uas_cancel.xml", run_dir, "-p", str(sipp_port)))
         await asyncio.sleep(0.5)
         events: list[dict[str, Any]] = []
@@ -542,7 +368,7 @@ def test_hanging_up_while_ringing_cancels_the_invite(node: SipNode, run_dir: Pat
 
     code, out, events = asyncio.run(scenario())
     assert code == 0, out  # sipp got the CANCEL and our ACK for its 487
-    assert _names(events) == ["trackStart", "ringing", "hangup"]
+    assert event_names(events) == ["trackStart", "ringing", "hangup"]
 
 
 def test_a_call_the_application_refuses_gets_503(node: SipNode, run_dir: Path) -> None:
@@ -559,7 +385,7 @@ def test_a_call_the_application_refuses_gets_503(node: SipNode, run_dir: Path) -
 
 
 def test_serve_call_places_a_call_at_start(tmp_path: Path, run_dir: Path) -> None:
-    sipp_port = _free_port(socket.SOCK_DGRAM)
+    sipp_port = free_port(socket.SOCK_DGRAM)
 
     async def answer() -> tuple[int, str]:
         return await run_sipp("uas_answer_bye.xml", run_dir, "-p", str(sipp_port), timeout=30)
@@ -569,7 +395,7 @@ def test_serve_call_places_a_call_at_start(tmp_path: Path, run_dir: Path) -> Non
         await asyncio.sleep(0.3)
         (tmp_path / "node").mkdir()
         node = await asyncio.to_thread(
-            SipNode, tmp_path / "node", _free_port(), f"sip:bob@127.0.0.1:{sipp_port}"
+            SipNode, tmp_path / "node", free_port(), f"sip:bob@127.0.0.1:{sipp_port}"
         )
         try:
             return await sipp
@@ -583,7 +409,7 @@ def test_serve_call_places_a_call_at_start(tmp_path: Path, run_dir: Path) -> Non
 
 
 def test_register_users_registers_refreshes_and_unregisters(tmp_path: Path, run_dir: Path) -> None:
-    registrar = _free_port(socket.SOCK_DGRAM)
+    registrar = free_port(socket.SOCK_DGRAM)
     extra = (
         f'[[register_users]]\nserver = "127.0.0.1:{registrar}"\nusername = "alice"\n'
         '[register_users.credential]\nusername = "alice"\npassword = "s3cret"\n'
@@ -597,7 +423,7 @@ def test_register_users_registers_refreshes_and_unregisters(tmp_path: Path, run_
         )
         await asyncio.sleep(0.3)
         (tmp_path / "node").mkdir()
-        node = await asyncio.to_thread(SipNode, tmp_path / "node", _free_port(), None, extra)
+        node = await asyncio.to_thread(SipNode, tmp_path / "node", free_port(), None, extra)
         try:
             async with asyncio.timeout(10):  # registered, then refreshed at 75 % of 2 s
                 while node.logs().count("registered alice@") < 2:
