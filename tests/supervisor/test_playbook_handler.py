@@ -261,7 +261,9 @@ def test_inbound_sip_calls_run_the_matched_playbook_with_no_client(
 
     async def scenario() -> tuple[int, str, str, list[dict[str, Any]]]:
         sipp = asyncio.create_task(
-            run_sipp("uac_speech_dtmf.xml", run_dir, "-s", "1000", f"127.0.0.1:{node.sip_port}")
+            run_sipp(
+                "uac_speech_then_wait.xml", run_dir, "-s", "1000", f"127.0.0.1:{node.sip_port}"
+            )
         )
         session_id = await first_call(node)
         events = await sse_events(node, session_id)
