@@ -70,7 +70,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -1035,7 +1035,7 @@ def notes(points: Sequence[Point], args: argparse.Namespace) -> str:
     for p in points:
         where = f"{p.workers} worker(s), {p.kind} {p.n if p.kind == 'concurrency' else p.rate}"
         if p.retried:
-            lines.append(f"- {where}: {p.retried}; this is the last attempt.")
+            lines.append(f"- {where}: {p.retried}; the table has the last attempt.")
         if p.sipp.reasons:
             reasons = ", ".join(f"{k} {v}" for k, v in p.sipp.reasons.items())
             lines.append(f"- {where}: sipp failures: {reasons}.")
@@ -1070,7 +1070,7 @@ def notes(points: Sequence[Point], args: argparse.Namespace) -> str:
 # ---------------------------------------------------------------------------- main
 
 
-def sweep(workers: int, args: argparse.Namespace, workdir: Path) -> Iterator[Point]:
+def sweep(workers: int, args: argparse.Namespace, workdir: Path) -> Generator[Point, None, None]:
     """Start a server with ``workers`` workers and its app; the concurrency sweep, then the
     call-rate sweep, each until a point breaks (failed calls, a replaced worker)."""
     app = AppProcess()
@@ -1085,6 +1085,7 @@ def sweep(workers: int, args: argparse.Namespace, workdir: Path) -> Iterator[Poi
         for i, (kind, n, rate) in enumerate(plan):
             if kind in stopped:
                 continue
+            discarded: list[str] = []
             for attempt in range(args.retries + 1):
                 wait_idle(server)
                 wait_quiet(server, app, args.quiet_wait)
@@ -1093,11 +1094,15 @@ def sweep(workers: int, args: argparse.Namespace, workdir: Path) -> Iterator[Poi
                 row = concurrency_row(pt) if kind == "concurrency" else rate_row(pt)
                 print(" | ".join(str(c) for c in row), flush=True)
                 other = pt.window.other_cpu_s * 100 / max(pt.window.seconds, 1e-9)
-                if pt.holds or other <= NOISE_LIMIT_PERCENT or attempt == args.retries:
+                # a rate point with failed calls is past what the node takes: measuring it again
+                # costs minutes of sipp timeouts and finds the node still digesting the first
+                final = pt.holds or other <= NOISE_LIMIT_PERCENT or attempt == args.retries
+                if final or (kind == "rate" and pt.broken):
                     break
+                discarded.append(f"other CPU {other:.0f} %: {', '.join(pt.failures)}")
                 print(f"  other processes used {other:.0f} % of a CPU: measuring again")
-            if attempt:
-                pt.retried = f"{attempt} earlier attempt(s) failed under other load"
+            if discarded:
+                pt.retried = "earlier attempt(s) discarded: " + "; ".join(discarded)
             yield pt
             if pt.broken:
                 stopped.add(kind)  # more load would only fail more calls
@@ -1117,6 +1122,7 @@ def _floats(text: str) -> list[float]:
 
 
 def _terminate(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the cleanup short
     raise KeyboardInterrupt
 
 
@@ -1128,7 +1134,7 @@ def main() -> None:
         "--sweep", type=_ints, default=[50, 100, 200, 300, 400], help="concurrent calls N"
     )
     parser.add_argument("--ramp", type=float, default=50.0, help="calls/s while ramping up")
-    parser.add_argument("--window", type=float, default=20.0, help="steady window (s)")
+    parser.add_argument("--window", type=float, default=15.0, help="steady window (s)")
     parser.add_argument(
         "--rates", type=_floats, default=[25, 50, 75, 100, 150], help="call rates (calls/s)"
     )
@@ -1169,8 +1175,10 @@ def main() -> None:
         try:
             for workers in args.workers:
                 print(" | ".join(CONCURRENCY_HEADERS), flush=True)
-                for point in sweep(workers, args, Path(tmp)):
-                    points.append(point)
+                # closed explicitly: its finally stops the server and the app at once
+                with contextlib.closing(sweep(workers, args, Path(tmp))) as run:
+                    for point in run:
+                        points.append(point)
         except KeyboardInterrupt:
             print("interrupted: writing what was measured", file=sys.stderr)
     if not points:

@@ -54,7 +54,7 @@ is ``bench.load_ws``'s 100 ms plus what the WebRTC path costs before any load, a
   ``WebRtcPeer.pop_frames``) and reports it;
 * one more tick (20 ms): the worker's tick runs the batched VAD before the sessions' ``tick``
   pulls the WebRTC audio (``WebRtcSession._pull_media``), so pulled audio waits for the next
-  tick's VAD, where ``/call`` audio from the ring is there for the first one;
+  tick's VAD, while ``/call`` audio read from the ring between ticks is in the first one;
 
 rounded up. A failing point measured while other processes used more than 25 % of a CPU is
 measured again (``--retries``), and before each point the script waits (``--quiet-wait``) for
@@ -683,6 +683,18 @@ class WebRtcServer(ServerProcess):
                     cpus.update(allowed)
         return cpus
 
+    def pinned_neighbours(self, cpus: set[int], exclude: set[int]) -> dict[int, int]:
+        """Per CPU of ``cpus``: other processes pinned to it alone (not the server's, not in
+        ``exclude``), e.g. the workers of other activecall servers on a shared machine."""
+        ours = {p.pid for p in self.processes()} | exclude
+        out = dict.fromkeys(sorted(cpus), 0)
+        for p in psutil.process_iter():
+            with contextlib.suppress(psutil.Error):
+                allowed = p.cpu_affinity()
+                if p.pid not in ours and len(allowed) == 1 and allowed[0] in out and p.cmdline():
+                    out[allowed[0]] += 1
+        return out
+
     def udp_sockets(self) -> int:
         """UDP sockets the server's processes hold (WebRTC peers hold one per candidate)."""
         count = 0
@@ -754,6 +766,7 @@ class Point:
     rss_mb: float
     log_problems: list[str]
     generator_cpus: tuple[int, ...]
+    neighbours: dict[int, int]  # worker CPU -> other processes pinned to it
     retried: str = ""
 
     @property
@@ -848,6 +861,7 @@ def run_point(server: WebRtcServer, n: int, args: argparse.Namespace, udp_before
                 )
             )
         gen_ps = [psutil.Process(p.pid) for p in gens]
+        neighbours = server.pinned_neighbours(server.worker_cpus(), {p.pid for p in gens})
         time.sleep(max(0.0, steady_start - time.time()))
         cpu0, gcpu0, busy0 = cpu_seconds(server.processes()), cpu_seconds(gen_ps), busy_seconds()
         while (left := steady_end - time.time()) > 0:
@@ -892,6 +906,7 @@ def run_point(server: WebRtcServer, n: int, args: argparse.Namespace, udp_before
         rss_mb=server.rss_mb(),
         log_problems=server.log_problems(log_mark),
         generator_cpus=cpus,
+        neighbours=neighbours,
     )
 
 
@@ -948,39 +963,45 @@ def row(pt: Point) -> list[object]:
 
 
 def chart(name: str, points: Sequence[Point]) -> Path:
-    """CPU per call-second, p99 VAD latency and p99 setup time against N, one line per
-    worker count."""
+    """Against N, one line per worker count: server CPU per call-second, p99 VAD latency,
+    the worst worker tick lag p99 (both with their bounds) and p99 setup times."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_cpu, ax_lat, ax_setup) = plt.subplots(1, 3, figsize=(14, 4.2))
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    (ax_cpu, ax_lat), (ax_tick, ax_setup) = axes
     for workers in dict.fromkeys(p.workers for p in points):
         run = [p for p in points if p.workers == workers]
         ns = [p.n for p in run]
         label = f"{workers} worker{'s' if workers > 1 else ''}"
         ax_cpu.plot(ns, [p.cpu_ms_per_call_s for p in run], marker="o", label=label)
         ax_lat.plot(ns, [percentile(p.tally.latency_ms, 99) for p in run], marker="o", label=label)
-        answer = [percentile(p.tally.answer_ms, 99) for p in run]
+        ax_tick.plot(ns, [p.worst_tick_lag_ms for p in run], marker="o", label=label)
         connected = [percentile(p.tally.connected_ms, 99) for p in run]
         line = ax_setup.plot(ns, connected, marker="o", label=f"{label}: connected")
         ax_setup.plot(
             ns,
-            answer,
+            [percentile(p.tally.answer_ms, 99) for p in run],
             marker="s",
             linestyle="--",
             color=line[0].get_color(),
             label=f"{label}: answer",
         )
-    ax_lat.axhline(LATENCY_LIMIT_MS, color="grey", linestyle="--", linewidth=1)
+    for ax, bound in ((ax_lat, LATENCY_LIMIT_MS), (ax_tick, TICK_LAG_LIMIT_US / 1000)):
+        ax.axhline(bound, color="grey", linestyle="--", linewidth=1)
+        top = max((v for line in ax.get_lines() for v in line.get_ydata()), default=bound)
+        ax.set_ylim(0, max(bound * 1.3, float(top) * 1.05))
     ax_cpu.set(xlabel="concurrent calls N", ylabel="server CPU ms per call-second")
     ax_lat.set(xlabel="concurrent calls N", ylabel="p99 VAD latency (ms)")
+    ax_tick.set(xlabel="concurrent calls N", ylabel="worst 500 ms interval p99 (ms)")
     ax_setup.set(xlabel="concurrent calls N", ylabel="p99 ms after invite")
-    ax_cpu.set_title("Server CPU per WebRTC call")
+    ax_cpu.set_title("Server CPU per WebRTC call (supervisor + workers)")
     ax_lat.set_title("p99 silence-event latency (bound dashed)")
+    ax_tick.set_title("Worker tick lag (bound dashed)")
     ax_setup.set_title("Setup: invite → answer / connected")
-    for ax in (ax_cpu, ax_lat, ax_setup):
+    for ax in (ax_cpu, ax_lat, ax_tick, ax_setup):
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -1041,6 +1062,11 @@ def notes(points: Sequence[Point], args: argparse.Namespace, floor: Sequence[flo
         "- client mic lateness = how late the clients' microphone tracks delivered their "
         "frames against the 20 ms schedule (p99 over the window): large values mean the "
         "clients' processes did not get the CPU in time, i.e. the host was saturated.",
+        "- other processes pinned to the workers' CPUs (counted when the point starts): "
+        "every activecall server pins its worker 0 to the first CPU it may use (CPU 0 here), "
+        "so on a shared machine other "
+        "people's servers (and their recognizer processes) compete with our worker 0 there "
+        "and the OS cannot move either away.",
         "- left after hangup: calls the server still counted and UDP sockets its processes "
         "held beyond those before the point, up to 15 s after the last client closed.",
     ]
@@ -1069,7 +1095,9 @@ def notes(points: Sequence[Point], args: argparse.Namespace, floor: Sequence[flo
             f"- {p.workers} worker(s), N={p.n}: server audio received p50 {heard:.1f} "
             f"frames/s per call; tick lag p99 "
             f"≥ {TICK_LAG_LIMIT_US // 1000} ms in {over} of {len(p.tick_lag_us)} worker "
-            f"intervals (median {percentile(p.tick_lag_us, 50) / 1000:.1f} ms)"
+            f"intervals (median {percentile(p.tick_lag_us, 50) / 1000:.1f} ms); other "
+            "processes pinned to the workers' CPUs: "
+            + ", ".join(f"CPU {cpu}: {count}" for cpu, count in p.neighbours.items())
         )
         if p.retried:
             line += f"; {p.retried}"
