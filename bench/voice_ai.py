@@ -618,7 +618,7 @@ def row(pt: VoicePoint) -> list[object]:
 
 
 def chart(name: str, points: Sequence[VoicePoint]) -> Path:
-    """ASR latency, TTS first frame and CPU per call-second against N."""
+    """ASR latency, TTS first frame, server CPU by process and CPU per call-second, against N."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -626,7 +626,8 @@ def chart(name: str, points: Sequence[VoicePoint]) -> Path:
     from matplotlib import ticker
 
     ns = [p.n for p in points]
-    fig, (ax_asr, ax_tts, ax_cpu) = plt.subplots(1, 3, figsize=(15, 4.4))
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    (ax_asr, ax_tts), (ax_cpu, ax_call) = axes
     for ax, pick, limit, title in (
         (ax_asr, VoicePoint.asr, ASR_LIMIT_MS, "end of speech → asrFinal"),
         (ax_tts, VoicePoint.tts, TTS_LIMIT_MS, "tts sent → first audio frame"),
@@ -634,7 +635,8 @@ def chart(name: str, points: Sequence[VoicePoint]) -> Path:
         for q, style in ((50, "o-"), (95, "s--")):
             ax.plot(ns, [pick(p, q) for p in points], style, label=f"p{q}")
         ax.axhline(limit, color="grey", linestyle=":", linewidth=1, label="real-time bound")
-        ax.set(ylabel="ms (log)", title=title, yscale="log")
+        ax.set(ylabel="ms (log scale)", title=title, yscale="log")
+        ax.yaxis.set_major_locator(ticker.FixedLocator([100, 200, 500, 1e3, 2e3, 5e3, 1e4, 2e4]))
         ax.yaxis.set_major_formatter(ticker.ScalarFormatter())
         ax.yaxis.set_minor_formatter(ticker.NullFormatter())
         ax.legend()
@@ -647,16 +649,15 @@ def chart(name: str, points: Sequence[VoicePoint]) -> Path:
         share = np.array([p.cpu_s[part] * 100 / p.window_s for p in points])
         ax_cpu.bar(ns, share, 0.6, bottom=bottom, label=label)
         bottom += share
-    ax_cpu.axhline(100, color="grey", linestyle=":", linewidth=1)
+    ax_cpu.axhline(100, color="grey", linestyle=":", linewidth=1, label="one CPU")
     ax_cpu.set_ylim(0, max(130.0, float(bottom.max()) * 1.35))  # room for the legend
-    ax_cpu.set(ylabel="server CPU, % of one CPU", title="server tree CPU")
+    ax_cpu.set(ylabel="% of one CPU", title="server CPU by process (ASR runs on the worker's CPU)")
     ax_cpu.legend(loc="upper left", fontsize=8)
-    twin = ax_cpu.twinx()
-    twin.plot(ns, [p.cpu_ms_per_call_s for p in points], "ko-", label="ms per call-second")
-    twin.set_ylabel("server CPU ms per call-second (line)")
-    twin.set_ylim(bottom=0)
+    ax_call.plot(ns, [p.cpu_ms_per_call_s for p in points], "o-")
+    ax_call.set_ylim(bottom=0)
+    ax_call.set(ylabel="CPU ms per call-second", title="server tree CPU per call-second")
     held = [p.n for p in points if p.holds]
-    for ax in (ax_asr, ax_tts, ax_cpu):
+    for ax in axes.flat:
         ax.grid(alpha=0.3)
         ax.set_xticks(ns)
         ax.set_xlabel("concurrent calls N on one worker (shaded: holds real time)")
@@ -726,8 +727,9 @@ def notes(
         "the machine minus server and generator.",
         f"- Host speed yardstick, taken before the sweep: pocketsphinx alone needed "
         f"{yardstick:.3f} CPU s per second of the test speech (20 ms pushes, in the "
-        "benchmark's process); `providers_offline.md` has 0.161 from an earlier, quieter "
-        "moment. CPU figures here scale with it.",
+        "benchmark's process; `providers_offline.md` has a real-time factor of 0.161 for the "
+        "same decoder). On a shared host it varies from run to run, and the CPU figures and "
+        "the N that holds vary with it.",
     ]
     for p in points:
         t = p.tally
