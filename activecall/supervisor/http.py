@@ -311,6 +311,10 @@ class HttpFrontEnd:
     async def start(self, host: str | None, port: int, **kwargs: Any) -> asyncio.Server:
         """Listen on ``host:port`` (``port=0``: any free port); extra args go to create_server."""
         loop = asyncio.get_running_loop()
+        # A burst of hundreds of calls connecting at once (a campaign, a reconnecting client
+        # pool) overflows the default backlog of 100, and the kernel then drops SYNs (1-3 s
+        # retries); the kernel caps this at net.core.somaxconn anyway.
+        kwargs.setdefault("backlog", 1024)
         self.server = await loop.create_server(self, host, port, **kwargs)
         return self.server
 
