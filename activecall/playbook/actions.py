@@ -138,11 +138,12 @@ def action_from_tool(tool: Any) -> Action:
     """The action of one entry of a JSON reply's ``tools`` list."""
     if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
         raise ActionError("a tool must be an object with a 'name'")
-    name = tool["name"]
+    name: str = tool["name"]
     args = {k: v for k, v in tool.items() if k != "name"}
     if isinstance(tool.get("arguments"), dict):  # {"name": ..., "arguments": {...}}
         args.update(tool["arguments"])
-    return _build(name, args, f"tool '{name}'")
+    # the function names of native tool calling are understood here too
+    return _build(_CALL_NAMES.get(name, name), args, f"tool '{name}'")
 
 
 _CALL_NAMES = {

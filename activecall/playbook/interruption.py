@@ -9,13 +9,22 @@ answering), not by filler words when the filter is on, and only once per stretch
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from activecall.playbook.model import Interruption
 
-__all__ = ["FILLER_WORDS", "FINAL_PROTECTION_MS", "BargeIn", "is_filler"]
+__all__ = [
+    "FILLERS_FILE",
+    "FILLER_WORDS",
+    "FINAL_PROTECTION_MS",
+    "BargeIn",
+    "filler_words",
+    "is_filler",
+]
 
 FILLER_WORDS = frozenset(
     {
@@ -38,8 +47,26 @@ FILLER_WORDS = frozenset(
 )
 """Words that are not a request to speak (upstream's built-in list, plus English variants)."""
 FINAL_PROTECTION_MS = 500
+FILLERS_FILE = Path("config/fillers.txt")
+"""Upstream's place for a call centre's own filler words (relative to the working directory)."""
+
+log = logging.getLogger(__name__)
 
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
+
+
+def filler_words(path: Path = FILLERS_FILE) -> frozenset[str]:
+    """The filler words: those of ``path`` (one or more per line, ``#`` starts a comment) when
+    it exists and names any, else :data:`FILLER_WORDS`."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return FILLER_WORDS
+    except (OSError, UnicodeDecodeError) as exc:
+        log.warning("filler words: cannot read %s (%s): the built-in list is used", path, exc)
+        return FILLER_WORDS
+    words = {w.lower() for line in text.splitlines() for w in line.split("#", 1)[0].split()}
+    return frozenset(words) or FILLER_WORDS
 
 
 def is_filler(text: str, words: frozenset[str] = FILLER_WORDS) -> bool:
@@ -69,8 +96,9 @@ class _Speaking:
 class BargeIn:
     """Decides whether a caller signal interrupts the agent."""
 
-    def __init__(self, rules: Interruption) -> None:
+    def __init__(self, rules: Interruption, fillers: frozenset[str] = FILLER_WORDS) -> None:
         self.rules = rules
+        self.fillers = fillers
         self._speaking: _Speaking | None = None
         self._last_final_ms: int | None = None
 
@@ -112,7 +140,9 @@ class BargeIn:
         last = self._last_final_ms
         if last is not None and 0 <= now_ms - last < FINAL_PROTECTION_MS:
             return False
-        if rules.filler_word_filter and (filler or (text is not None and is_filler(text))):
+        if rules.filler_word_filter and (
+            filler or (text is not None and is_filler(text, self.fillers))
+        ):
             return False
         if signal == "asr" and not (text or "").strip():
             return False

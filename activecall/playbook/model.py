@@ -123,6 +123,9 @@ class LlmConfig:
     repair_window_ms: int = 3000
     summary_limit: int = 20
     tool_instructions: str | None = None
+    tools: bool = True
+    """``llm.tools``: offer the actions as native OpenAI tools (function calling); ``false`` for
+    models that do not support them (the tag instructions of the prompt apply either way)."""
 
 
 @dataclass(frozen=True, slots=True)

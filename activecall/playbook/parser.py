@@ -113,6 +113,7 @@ _LLM_KEYS = {
     "repairWindowMs": "repair_window_ms",
     "summaryLimit": "summary_limit",
     "toolInstructions": "tool_instructions",
+    "tools": "tools",
 }
 _INTERRUPTION_KEYS = (
     "strategy",
@@ -532,6 +533,9 @@ class _Reader:
             number = self.integer(obj, path, key, minimum=1)
             if number is not None:
                 kwargs[_LLM_KEYS[key]] = number
+        tools = self.flag(obj, path, "tools")
+        if tools is not None:
+            kwargs["tools"] = tools
         return LlmConfig(**kwargs)
 
     def option(self, fm: Mapping[str, Any], llm: LlmConfig | None) -> dict[str, Any]:

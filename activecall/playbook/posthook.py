@@ -17,7 +17,14 @@ import httpx
 from activecall.playbook.model import Posthook
 from activecall.providers.base import ChatMessage, LlmOption, LlmProvider
 
-__all__ = ["SUMMARY_PROMPTS", "posthook_body", "send_posthook", "summarize", "transcript"]
+__all__ = [
+    "SUMMARY_PROMPTS",
+    "message_text",
+    "posthook_body",
+    "send_posthook",
+    "summarize",
+    "transcript",
+]
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +43,27 @@ SUMMARY_PROMPTS: Mapping[str, str] = {
 """The built-in summary kinds; any other ``posthook.summary`` is used as the prompt itself."""
 
 
+def message_text(message: ChatMessage) -> str:
+    """A history message as text: its content, then the tool calls it made, if any
+    (``[called transfer_call {"callee": "sip:..."}]``)."""
+    content = message.get("content")
+    parts = [content.strip()] if isinstance(content, str) and content.strip() else []
+    calls = message.get("tool_calls")
+    for call in calls if isinstance(calls, list) else ():
+        function = call.get("function") if isinstance(call, Mapping) else None
+        if isinstance(function, Mapping):
+            arguments = str(function.get("arguments") or "").strip()
+            parts.append(f"[called {function.get('name')} {arguments or '{}'}]")
+    return " ".join(parts)
+
+
 def transcript(history: Sequence[ChatMessage]) -> str:
     """The call's dialogue as ``role: text`` lines."""
     lines = []
     for message in history:
-        content = message.get("content")
-        if isinstance(content, str) and content.strip():
-            lines.append(f"{message.get('role', 'user')}: {content.strip()}")
+        text = message_text(message)
+        if text:
+            lines.append(f"{message.get('role', 'user')}: {text}")
     return "\n".join(lines)
 
 
@@ -72,7 +93,7 @@ def posthook_body(
         body["summary"] = summary
     if hook.include_history:
         body["history"] = [
-            {"role": str(m.get("role")), "content": m.get("content") or ""} for m in history
+            {"role": str(m.get("role")), "content": message_text(m)} for m in history
         ]
     body["timestamp"] = timestamp_ms
     return body

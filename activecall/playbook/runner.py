@@ -15,6 +15,20 @@ The dialogue (reference §4.3):
   the follow-up ``waitInputTimeout``). ``<goto>`` and ``<set_var>`` act at once; ``<play>`` and
   ``<refer>`` once the reply has been heard; ``<http>`` answers go back to the LLM, up to
   :data:`MAX_HTTP_ROUNDS` times per turn;
+* native tool calling: unless the front matter says ``llm.tools: false`` (for models without
+  tool support), each request offers the actions as OpenAI function tools
+  (:mod:`~activecall.playbook.tools`); a call the model makes does what its tag does, and the
+  history keeps the assistant message with its ``tool_calls`` and a ``role: "tool"`` result
+  for each; an ``http`` call's answer, or a reply that said nothing yet, goes back to the LLM
+  (same cap). A bad call gets an ``Error: ...`` result and an ``error`` report. A server that
+  refuses ``tools`` (HTTP error naming them) is asked again without, for the rest of the call.
+  The prompt's tag instructions stay either way: a model may use tags, JSON or tools;
+* early start: on ``eou`` with ``completed: true`` (an end-of-utterance engine) while the
+  agent is silent, the turn starts at once with the words heard so far (the event's ``text``,
+  else the last ``asrDelta``); its reply waits, unspoken and not acted on, for the
+  ``asrFinal``. The same words (case and punctuation aside) let it go on; other words, or an
+  ``asrDelta`` with more words, drop it without a trace and the final starts a new turn. An
+  ``asrFinal`` with no ``eou`` before it starts the turn as usual;
 * DTMF keys (the scene's, then the playbook's) and keypad collections; barge-in
   (:mod:`~activecall.playbook.interruption`); follow-ups on the server-side track's
   ``silence`` (its ``waitInputTimeout``); in realtime mode, the model's ``functionCall``;
@@ -26,7 +40,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine, Mapping
+import re
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -52,13 +67,26 @@ from activecall.playbook.actions import (
     action_from_tool,
 )
 from activecall.playbook.collector import Collected, Collection, Failed, Invalid, Outcome
-from activecall.playbook.interruption import BargeIn, is_filler
+from activecall.playbook.interruption import BargeIn, filler_words, is_filler
 from activecall.playbook.model import FollowUp, Playbook, Scene
 from activecall.playbook.posthook import send_posthook, summarize
 from activecall.playbook.prompt import system_prompt
 from activecall.playbook.reply import ActionTag, JsonReply, ReplyItem, ReplyParser, Speech
 from activecall.playbook.template import CallFacts, render, template_variables
-from activecall.providers.base import ChatMessage, LlmOption, LlmProvider, ProviderError
+from activecall.playbook.tools import (
+    ToolCall,
+    ToolCallAssembler,
+    assistant_message,
+    tool_definitions,
+    tool_message,
+)
+from activecall.providers.base import (
+    ChatDelta,
+    ChatMessage,
+    LlmOption,
+    LlmProvider,
+    ProviderError,
+)
 
 __all__ = ["HTTP_RESULT_CHARS", "MAX_HTTP_ROUNDS", "PlaybookRunner", "SendCommand"]
 
@@ -104,6 +132,26 @@ class _Turn:
     collection: Collection | None = None  # started by <collect>: armed when heard
     notes: list[str] = field(default_factory=list)  # for the LLM, after the reply streaming
     cancelled: bool = False
+    # An early turn (started on end of utterance) answers a transcript that is not final yet:
+    # it acts and speaks only once the final transcript confirms it.
+    early: str | None = None
+    confirmed: asyncio.Event | None = None
+    restore: tuple[list[ChatMessage], str | None] | None = None  # history, summary before it
+    user: dict[str, Any] | None = None  # its user message, given the final wording
+
+    @property
+    def provisional(self) -> bool:
+        """True while the turn waits for the final transcript."""
+        return self.confirmed is not None and not self.confirmed.is_set()
+
+
+@dataclass(slots=True)
+class _Round:
+    """What one LLM call of a turn left to do: ``<http>`` and rag requests from tags, and
+    whether the LLM must be asked again (a tool result it has to see)."""
+
+    requests: list[Http | Rag] = field(default_factory=list)
+    again: bool = False
 
 
 class PlaybookRunner:
@@ -141,7 +189,8 @@ class PlaybookRunner:
         self._http = http
         self._own_http = http is None
         self._option = _llm_option(playbook)
-        self._bargein = BargeIn(playbook.interruption)
+        self._fillers = filler_words() if playbook.interruption.filler_word_filter else frozenset()
+        self._bargein = BargeIn(playbook.interruption, self._fillers)
         self._answered = False
         self._ended = False
         self._turn: _Turn | None = None
@@ -153,6 +202,9 @@ class PlaybookRunner:
         self._queued: list[str] = []  # caller turns waiting for the agent (strategy none)
         self._last_reply: tuple[int, str] | None = None  # (when, text) of the last reply
         self._summary: str | None = None  # rolling summary of older turns
+        self._native_tools = playbook.llm is not None and playbook.llm.tools
+        self._heard = ""  # the caller's words since the last asrFinal (asrDelta)
+        self._last_final = ""  # a late eou with these words was answered already
         self._tasks: set[asyncio.Task[None]] = set()
         if not facts.start_time:
             self.facts = replace(facts, start_time=_rfc3339(clock()))
@@ -230,10 +282,19 @@ class PlaybookRunner:
 
     def _on_final(self, event: Mapping[str, Any]) -> None:
         text = str(event.get("text") or "").strip()
+        self._heard = ""
         if not text or not self._answered:
             return
+        self._last_final = text
         now = self._time(event)
         self._bargein.caller_final(now)
+        turn = self._turn
+        if turn is not None and turn.provisional:
+            if _same_words(turn.early or "", text):
+                self._followups = 0
+                self._confirm(turn, text)
+                return
+            self._cancel_turn()  # the caller said more, or else: the early answer is dropped
         collection = self._collection
         if collection is not None:
             if not collection.spec.interruptible:
@@ -241,7 +302,7 @@ class PlaybookRunner:
             self._collection = None
             self._note(f"The caller spoke instead of using the keypad for {collection.var}.")
         rules = self.playbook.interruption
-        if rules.filler_word_filter and is_filler(text):
+        if rules.filler_word_filter and is_filler(text, self._fillers):
             return
         self._followups = 0
         if rules.strategy == "none" and self._bargein.agent_speaking is not None:
@@ -250,11 +311,35 @@ class PlaybookRunner:
         self._user_turn(text, now)
 
     def _on_delta(self, event: Mapping[str, Any]) -> None:
+        heard = str(event.get("text") or "").strip()
+        if heard:
+            self._heard = heard
+            turn = self._turn
+            if turn is not None and turn.provisional and not _same_words(turn.early or "", heard):
+                self._cancel_turn()  # the caller goes on speaking: the utterance had not ended
         if self._listening_for_bargein():
             text = str(event.get("text") or "")
             filler = bool(event.get("isFiller"))
             if self._bargein.check("asr", self._time(event), text=text, filler=filler):
                 self._barge_in()
+
+    def _on_eou(self, event: Mapping[str, Any]) -> None:
+        """End of utterance (an EOU engine): answer the words heard so far at once, before the
+        ASR's final transcript (reference §4.3 item 8), while the agent is silent."""
+        if event.get("completed") is not True or not self._answered or self.llm is None:
+            return
+        if self._turn is not None or self._collection is not None:
+            return
+        if self._bargein.agent_speaking is not None or self._queued:
+            return
+        given = event.get("text")
+        text = (given if isinstance(given, str) and given.strip() else self._heard).strip()
+        rules = self.playbook.interruption
+        if not text or (rules.filler_word_filter and is_filler(text, self._fillers)):
+            return
+        if not self._heard and _same_words(text, self._last_final):
+            return  # the end of an utterance whose final transcript came first
+        self._user_turn(text, self._time(event), early=True)
 
     def _on_speaking(self, event: Mapping[str, Any]) -> None:
         if event.get("trackId") == self._server_side_track:
@@ -356,6 +441,7 @@ class PlaybookRunner:
         "incoming": _on_incoming,
         "asrFinal": _on_final,
         "asrDelta": _on_delta,
+        "eou": _on_eou,
         "speaking": _on_speaking,
         "silence": _on_silence,
         "dtmf": _on_dtmf,
@@ -382,10 +468,13 @@ class PlaybookRunner:
                 return
         self._start_turn()
 
-    def _user_turn(self, text: str, now: int) -> None:
+    def _user_turn(self, text: str, now: int, *, early: bool = False) -> None:
+        heard, restore = text, (list(self.history), self._summary) if early else None
         if "context_repair" in self._features():
             text = self._repair(text, now)
-        self._start_turn(user=text)
+        self._start_turn(user=text, restore=restore)
+        if early and self._turn is not None:
+            self._turn.early = heard  # what the final transcript is compared with
 
     def _repair(self, text: str, now: int) -> str:
         """Merge an utterance the ASR split in two: the agent's short reaction to the first
@@ -407,23 +496,53 @@ class PlaybookRunner:
         del history[-2:]
         return f"{previous} {text}"
 
-    def _start_turn(self, *, user: str | None = None, nudge: str | None = None) -> None:
+    def _start_turn(
+        self,
+        *,
+        user: str | None = None,
+        nudge: str | None = None,
+        restore: tuple[list[ChatMessage], str | None] | None = None,
+    ) -> None:
+        """Ask the LLM for the agent's next reply; ``restore`` (the history and summary
+        before it) makes it an early turn on a transcript that is not final yet."""
         self._cancel_turn()
+        message: dict[str, Any] | None = None
         if user is not None:
-            self.history.append({"role": "user", "content": user})
+            message = {"role": "user", "content": user}
+            self.history.append(message)
         if self.llm is None:
             if self.playbook.realtime is None:
                 self._error("no LLM for this playbook: it cannot answer")
             return  # in realtime mode the model answers by itself
         turn = _Turn(play_id=self._new_play_id())
+        if restore is not None:
+            turn.early, turn.confirmed = user, asyncio.Event()
+            turn.restore, turn.user = restore, message
         self._turn = turn
         turn.task = self._spawn(self._run_turn(turn, nudge))
+
+    def _confirm(self, turn: _Turn, final: str) -> None:
+        """The final transcript says what the early turn answered: let it speak."""
+        message, early = turn.user, turn.early
+        if message is not None and early is not None:
+            content = str(message.get("content") or "")
+            if content.endswith(early):  # after context repair it follows the earlier words
+                message["content"] = content[: len(content) - len(early)] + final
+        assert turn.confirmed is not None
+        turn.confirmed.set()
 
     def _cancel_turn(self) -> None:
         turn, self._turn = self._turn, None
         if turn is None:
             return
         turn.cancelled = True
+        if turn.provisional:
+            # Nothing of an unconfirmed early turn was said or done: it leaves no trace.
+            assert turn.restore is not None
+            self.history[:], self._summary = turn.restore
+            if turn.task is not None:
+                turn.task.cancel()
+            return
         # What was generated before the cut stays in the history, before the next message.
         if turn.reply is not None and turn.reply.text.strip():
             self.history.append({"role": "assistant", "content": turn.reply.text})
@@ -434,60 +553,148 @@ class PlaybookRunner:
 
     async def _run_turn(self, turn: _Turn, nudge: str | None) -> None:
         assert self.llm is not None
+        failure: str | None = None
         try:
             if "rolling_summary" in self._features():
                 await self._roll_summary()
             rounds = 0
             while not turn.cancelled:
-                requests = await self._round(turn, nudge if rounds == 0 else None)
-                if not requests or turn.cancelled:
+                first = nudge if rounds == 0 else None
+                done = await self._round(turn, first, fetch=rounds < MAX_HTTP_ROUNDS)
+                if turn.cancelled or not (done.requests or done.again):
                     break
                 if rounds >= MAX_HTTP_ROUNDS:
                     self._error(f"more than {MAX_HTTP_ROUNDS} <http> rounds in one turn: stopped")
                     break
                 rounds += 1
                 self._release(turn)
-                for request in requests:
-                    self._note(await self._http_call(request))
+                for request in done.requests:
+                    self._note(await self._lookup(request))
         except ProviderError as exc:
-            self._error(f"LLM: {exc}")
+            failure = f"LLM: {exc}"
         except Exception as exc:  # a bug must still end the turn's speech
             log.exception("playbook turn failed")
-            self._error(f"playbook turn failed: {type(exc).__name__}: {exc}")
+            failure = f"playbook turn failed: {type(exc).__name__}: {exc}"
+        # An early turn that failed fails for the caller only once the transcript is final.
+        await self._confirmed(turn)
+        if failure is not None:
+            self._error(failure)
         if not turn.cancelled:
             self._finish_turn(turn)
 
-    async def _round(self, turn: _Turn, nudge: str | None) -> list[Http]:
-        """One LLM call; returns the ``<http>`` requests it asked for."""
+    async def _confirmed(self, turn: _Turn) -> None:
+        """Until the final transcript confirms an early turn (it is cancelled otherwise)."""
+        if turn.confirmed is not None:
+            await turn.confirmed.wait()
+
+    async def _round(self, turn: _Turn, nudge: str | None, *, fetch: bool = True) -> _Round:
+        """One LLM call: its reply spoken and acted on; ``fetch``: tool calls may still make
+        HTTP requests in this turn."""
         assert self.llm is not None
         messages: list[ChatMessage] = [{"role": "system", "content": self._prompt()}]
         messages.extend(self.history)
         if nudge is not None:
             messages.append({"role": "system", "content": nudge})
-        requests: list[Http] = []
+        done = _Round()
         parser = ReplyParser()
+        calls = ToolCallAssembler()
         turn.reply = parser
-        async for delta in self.llm.chat(messages, self._option):
-            if turn.cancelled:
-                return []
-            if delta.content:
-                items = parser.push(delta.content)
-                for index, item in enumerate(items):
-                    # speech just before a tag may be the reply's last: it waits for the next
-                    # speech or the end, so a <hangup/> can ride on it (no added latency
-                    # when more text follows at once)
-                    before_tag = isinstance(_at(items, index + 1), ActionTag)
-                    self._item(turn, item, requests, last=before_tag)
+        async with contextlib.aclosing(self._chat(messages)) as stream:
+            async for delta in stream:
+                if turn.provisional:
+                    await self._confirmed(turn)  # the reply is ready: it waits for the final
+                if turn.cancelled:
+                    return _Round()
+                if delta.tool_calls:
+                    calls.push(delta.tool_calls)
+                if delta.content:
+                    items = parser.push(delta.content)
+                    for index, item in enumerate(items):
+                        # speech just before a tag may be the reply's last: it waits for the
+                        # next speech or the end, so a <hangup/> can ride on it (no added
+                        # latency when more text follows at once)
+                        before_tag = isinstance(_at(items, index + 1), ActionTag)
+                        self._item(turn, item, done.requests, last=before_tag)
+        await self._confirmed(turn)
         for item in parser.finish():
-            self._item(turn, item, requests, last=True)
-        turn.reply = None
-        if parser.text.strip():
+            self._item(turn, item, done.requests, last=True)
+        if calls:
+            results = await self._tool_calls(turn, calls.calls(), done, fetch=fetch)
+            self.history.append(assistant_message(parser.text, [c for c, _ in results]))
+            self.history.extend(tool_message(call, result) for call, result in results)
+        elif parser.text.strip():
             self.history.append({"role": "assistant", "content": parser.text})
+        turn.reply = None
         self._flush_notes(turn)
-        return requests
+        return done
+
+    async def _chat(self, messages: list[ChatMessage]) -> AsyncGenerator[ChatDelta, None]:
+        """The LLM's reply, offered the playbook's tools unless they are off; a server that
+        refuses tools (many local models) is asked again without, for the rest of the call."""
+        assert self.llm is not None
+        tools = None
+        if self._native_tools:
+            tools = tool_definitions(self.playbook, call_type=self.facts.call_type)
+        received = False
+        try:
+            async with contextlib.aclosing(
+                _deltas(self.llm.chat(messages, self._option, tools=tools))
+            ) as stream:
+                async for delta in stream:
+                    received = True
+                    yield delta
+            return
+        except ProviderError as exc:
+            if tools is None or received or not _refuses_tools(exc):
+                raise
+            self._native_tools = False
+            log.warning("%s: the LLM refused tools, asking without: %s", self.facts.session_id, exc)
+        async with contextlib.aclosing(_deltas(self.llm.chat(messages, self._option))) as stream:
+            async for delta in stream:
+                yield delta
+
+    async def _tool_calls(
+        self, turn: _Turn, calls: list[ToolCall], done: _Round, *, fetch: bool
+    ) -> list[tuple[ToolCall, str]]:
+        """Carry out the model's tool calls as their actions; each call's result for it."""
+        results: list[tuple[ToolCall, str]] = []
+        for call in calls:
+            try:
+                action = action_from_call(call.name, call.arguments)
+            except ActionError as exc:
+                self._error(f"tool call: {exc}")
+                results.append((call, f"Error: {exc}. Nothing was done."))
+                continue
+            result, again = await self._tool_action(turn, action, fetch=fetch)
+            done.again = done.again or again
+            results.append((call, result))
+        if not turn.spoken and not (turn.hangup or turn.after or turn.collection):
+            done.again = True  # nothing said yet: the model speaks once it has the results
+        return results
+
+    async def _tool_action(self, turn: _Turn, action: Action, *, fetch: bool) -> tuple[str, bool]:
+        """Do one tool call's action; what the model is told, and whether it must be asked
+        again to see it."""
+        if isinstance(action, Http):
+            if not fetch:
+                return f"Not done: at most {MAX_HTTP_ROUNDS} requests in one reply.", True
+            self._release(turn)
+            return await self._http_call(action), True
+        if isinstance(action, Rag):
+            return self._rag(action), True
+        if isinstance(action, Goto) and action.scene not in self.playbook.scenes:
+            self._error(f"goto: no scene '{action.scene}'")
+            known = ", ".join(sorted(self.playbook.scenes))
+            return f"Error: there is no scene '{action.scene}' (scenes: {known}).", False
+        if isinstance(action, Collect) and action.type not in self.playbook.collectors:
+            self._error(f"collect: no collector '{action.type}'")
+            known = ", ".join(sorted(self.playbook.collectors)) or "none"
+            return f"Error: there is no collector '{action.type}' (collectors: {known}).", False
+        self._act(turn, action, [])
+        return _done(action), False
 
     def _item(
-        self, turn: _Turn, item: ReplyItem, requests: list[Http], *, last: bool = False
+        self, turn: _Turn, item: ReplyItem, requests: list[Http | Rag], *, last: bool = False
     ) -> None:
         """One item of the reply; ``last``: its speech may end the reply, so it is held for
         the final ``tts`` (the one with ``endOfStream`` and ``autoHangup``) until more comes."""
@@ -533,7 +740,7 @@ class PlaybookRunner:
                 {"command": "tts", "text": f"{held} ", "playId": turn.play_id, "streaming": True}
             )
 
-    def _act(self, turn: _Turn, action: Action, requests: list[Http]) -> None:
+    def _act(self, turn: _Turn, action: Action, requests: list[Http | Rag]) -> None:
         if isinstance(action, Hangup):
             turn.hangup = True
         elif isinstance(action, Refer | Play):
@@ -561,7 +768,7 @@ class PlaybookRunner:
                 command["code"] = action.code
             self._send(command)
         elif isinstance(action, Rag):
-            self._note(f"No knowledge base is configured: nothing found for {action.query!r}.")
+            requests.append(action)  # its (empty) answer goes back to the LLM, as <http>'s
 
     def _finish_turn(self, turn: _Turn) -> None:
         """The LLM is done: end the turn's speech and schedule what follows it."""
@@ -764,11 +971,14 @@ class PlaybookRunner:
         limit = llm.summary_limit if llm is not None else 20
         if self.llm is None or len(self.history) <= max(limit, RECENT_TURNS):
             return
-        older, recent = self.history[:-RECENT_TURNS], self.history[-RECENT_TURNS:]
+        cut = len(self.history) - RECENT_TURNS
+        while cut > 0 and self.history[cut].get("role") == "tool":
+            cut -= 1  # a tool result stays with the assistant message that called it
+        older = self.history[:cut]
         if self._summary:
             older = [{"role": "system", "content": self._summary}, *older]
         self._summary = await summarize("detailed", older, self.llm, self._option)
-        self.history[:] = recent
+        del self.history[:cut]  # what was added meanwhile stays
 
     def _note(self, text: str) -> None:
         """Tell the LLM something that happened (a tool's answer, a keypad result)."""
@@ -790,6 +1000,15 @@ class PlaybookRunner:
         return {name: lower[name.lower()] for name in wanted if name.lower() in lower}
 
     # ------------------------------------------------------------------ I/O
+
+    async def _lookup(self, request: Http | Rag) -> str:
+        """What the LLM is told about an ``<http>`` request or a knowledge-base lookup."""
+        if isinstance(request, Rag):
+            return self._rag(request)
+        return await self._http_call(request)
+
+    def _rag(self, request: Rag) -> str:
+        return f"No knowledge base is configured: nothing found for {request.query!r}."
 
     async def _http_call(self, request: Http) -> str:
         """Do an ``<http>`` request; what the LLM is told about its answer."""
@@ -862,6 +1081,49 @@ class PlaybookRunner:
         if isinstance(stamp, int) and not isinstance(stamp, bool):
             return stamp
         return self._clock()
+
+
+async def _deltas(stream: AsyncIterator[ChatDelta]) -> AsyncGenerator[ChatDelta, None]:
+    """``stream``, closed (its HTTP response released) even when it is left early."""
+    try:
+        async for delta in stream:
+            yield delta
+    finally:
+        close = getattr(stream, "aclose", None)
+        if close is not None:
+            await close()
+
+
+def _refuses_tools(exc: ProviderError) -> bool:
+    """True when the LLM server refused the request because of its ``tools``."""
+    return exc.code is not None and exc.code >= 400 and "tool" in str(exc).lower()
+
+
+def _done(action: Action) -> str:
+    """A tool call's result when its action has been carried out (or scheduled)."""
+    if isinstance(action, Hangup):
+        return "The call will end once your reply has been heard."
+    if isinstance(action, Refer):
+        return f"The caller will be transferred to {action.to} once your reply has been heard."
+    if isinstance(action, Play):
+        return f"{action.file} will be played once your reply has been heard."
+    if isinstance(action, Goto):
+        return f"Now in scene '{action.scene}'."
+    if isinstance(action, SetVar):
+        return f"{action.key} = {action.value}"
+    if isinstance(action, Collect):
+        return f"Collecting {action.var} from the keypad; you will be told the result."
+    if isinstance(action, Message):
+        return "The message has been sent."
+    return "Done."
+
+
+_WORDS = re.compile(r"[^\W_]+", re.UNICODE)
+
+
+def _same_words(a: str, b: str) -> bool:
+    """True when two transcripts have the same words (case and punctuation aside)."""
+    return _WORDS.findall(a.lower()) == _WORDS.findall(b.lower())
 
 
 def _at(items: list[ReplyItem], index: int) -> ReplyItem | None:

@@ -13,31 +13,45 @@ from tests.providers.fakes.openai import FakeOpenAi
 KEY = "sk-test"
 
 
+Piece = str | dict[str, Any]
+"""A piece of a scripted reply: text (a ``content`` delta) or a raw ``delta`` object (such as
+those of :func:`~tests.providers.fakes.openai.tool_call_deltas`)."""
+
+
 class ScriptedOpenAi(FakeOpenAi):
     """:class:`FakeOpenAi` whose chat replies are streamed from a queue, one per request.
 
-    A reply is a list of content pieces, each sent as its own ``chat.completion.chunk`` (SSE
-    event), after the ``role`` chunk and before the ``finish_reason`` chunk; when the queue is
-    empty the reply is "OK."."""
+    A reply is a list of pieces, each sent as its own ``chat.completion.chunk`` (SSE event),
+    after the ``role`` (merged into the first piece when that is a tool call, as the API does)
+    and before the ``finish_reason`` chunk (``tool_calls`` when the reply has any, else
+    ``stop``); when the queue is empty the reply is "OK."."""
 
-    def __init__(self, *replies: list[str]) -> None:
+    def __init__(self, *replies: list[Piece]) -> None:
         super().__init__(api_key=KEY)
-        self.replies: list[list[str]] = list(replies)
+        self.replies: list[list[Piece]] = list(replies)
 
     def chats(self) -> list[dict[str, Any]]:
         """The body of each chat request received, in order."""
         return [r.body for r in self.requests if r.path.endswith("/chat/completions")]
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
-        if not self._authorized(request):
-            return await super()._chat(request)  # refused: the reply stays for the next one
-        pieces = self.replies.pop(0) if self.replies else ["OK."]
+        scripted = bool(self.replies)
+        pieces = self.replies.pop(0) if scripted else ["OK."]
+        deltas = [{"content": p} if isinstance(p, str) else dict(p) for p in pieces]
+        calls = any("tool_calls" in d for d in deltas)
+        role: dict[str, Any] = {"role": "assistant", "content": None if calls else ""}
+        if deltas and "tool_calls" in deltas[0]:
+            deltas[0] = {**role, **deltas[0]}
+        else:
+            deltas.insert(0, role)
         self.chat_deltas = [
-            ({"role": "assistant", "content": ""}, None),
-            *(({"content": piece}, None) for piece in pieces),
-            ({}, "stop"),
+            *((delta, None) for delta in deltas),
+            ({}, "tool_calls" if calls else "stop"),
         ]
-        return await super()._chat(request)
+        response = await super()._chat(request)
+        if response.status != 200 and scripted:
+            self.replies.insert(0, pieces)  # refused: the reply stays for the next request
+        return response
 
 
 class Recorder:

@@ -84,3 +84,11 @@ def test_json_tools_and_function_calls() -> None:
 def test_bad_actions_are_clear_errors(make, message: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ActionError, match=message.replace("(", r"\(").replace(")", r"\)")):
         make()
+
+
+def test_json_tools_also_take_the_native_function_names() -> None:
+    assert action_from_tool({"name": "transfer_call", "callee": "sip:a@b"}) == Refer("sip:a@b")
+    assert action_from_tool({"name": "hangup_call"}) == Hangup()
+    assert action_from_tool({"name": "goto_scene", "arguments": {"scene": "s"}}) == Goto("s")
+    with pytest.raises(ActionError, match="tool 'goto_scene' needs scene"):
+        action_from_tool({"name": "goto_scene"})

@@ -239,3 +239,47 @@ def test_a_bad_start_is_an_error_event() -> None:
     port = asyncio.run(main())
     assert [(e["event"], e["sender"]) for e in port.events] == [("error", "playbook")]
     assert "playbookStart must be accept or invite" in port.events[0]["error"]
+
+
+BROKEN_SCENE = (
+    "---\nllm: {}\ndtmf:\n  '1': { action: goto, scene: nowhere }\n---\n# Scene: menu\nHi.\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "says"),
+    [
+        ("scene.md", BROKEN_SCENE, "{path}:4: "),  # a key to a scene that does not exist
+        ("template.md", "---\nllm: {}\n---\nHello {{ name\n", "{path}:4: "),
+        ("binary.md", None, "{path}: cannot read the playbook"),
+        ("missing.md", "", "{path}: cannot read the playbook"),
+        ("inline", BROKEN_SCENE, "<playbook>:4: "),  # the playbook's text in the params
+    ],
+)
+@pytest.mark.parametrize("call_type", ["webSocket", "webRtc"])
+def test_a_broken_playbook_named_by_the_call_is_an_error_event_with_its_line(
+    tmp_path: Path, call_type: str, name: str, text: str | None, says: str
+) -> None:
+    path = tmp_path / name
+    if text is None:
+        path.write_bytes(b"---\nllm: {}\n---\n\xff\xfe\n")
+    elif text and name != "inline":
+        path.write_text(text)
+    spec = text if name == "inline" else str(path)
+
+    class Ctx(LoopPort):
+        session_id = "pb9"
+        params: ClassVar[dict[str, Any]] = {"playbook": spec, "dump": False}
+
+    Ctx.call_type = call_type
+
+    async def main() -> tuple[LoopPort, Any]:
+        port = Ctx()
+        call = session_factory(SessionSettings())(port)
+        return port, call
+
+    port, call = asyncio.run(main())
+    assert isinstance(call, CallSession)  # the call goes on, without a runner
+    (error,) = port.events
+    assert error["event"] == "error" and error["sender"] == "playbook"
+    assert says.format(path=path) in error["error"], error["error"]

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from activecall.playbook.interruption import FINAL_PROTECTION_MS, BargeIn, is_filler
+from activecall.playbook.interruption import (
+    FILLER_WORDS,
+    FINAL_PROTECTION_MS,
+    BargeIn,
+    filler_words,
+    is_filler,
+)
 from activecall.playbook.model import Interruption
 
 
@@ -54,3 +62,20 @@ def test_filler_words_only_with_the_filter() -> None:
 def test_is_filler() -> None:
     assert is_filler("uh") and is_filler("Um... ah!") and is_filler("嗯嗯那个")
     assert not is_filler("") and not is_filler("umbrella") and not is_filler("嗯 好的")
+
+
+def test_filler_words_from_the_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "fillers.txt"
+    assert filler_words(path) == FILLER_WORDS  # no file: the built-in list
+    path.write_text("# our call centre's fillers\nWell  okay\n\nlike # and this\n")
+    words = filler_words(path)
+    assert words == {"well", "okay", "like"}
+    assert is_filler("Well, like...", words) and not is_filler("um", words)
+    path.write_text("# nothing but a comment\n")
+    assert filler_words(path) == FILLER_WORDS
+    path.write_bytes(b"\xff\xfe\x00")
+    assert filler_words(path) == FILLER_WORDS  # unreadable: logged, the built-in list
+    bargein = BargeIn(Interruption(ignore_first_ms=0, filler_word_filter=True), words)
+    bargein.agent_started("p1", 0)
+    assert not bargein.check("asr", 100, text="okay")
+    assert bargein.check("asr", 200, text="um")

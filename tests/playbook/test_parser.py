@@ -410,3 +410,15 @@ def test_the_examples_pass_the_check(name: str) -> None:
     playbook, found = check_playbook(EXAMPLES / name, environ={})
     assert found == () and playbook is not None
     assert playbook.llm is not None and len(playbook.scenes) >= 2
+
+
+def test_the_native_tools_switch() -> None:
+    on = parse_playbook("---\nllm:\n  model: m\n---\nx\n")
+    assert on.llm is not None and on.llm.tools is True  # default: offered to the model
+    off = parse_playbook("---\nllm:\n  model: m\n  tools: false\n---\nx\n")
+    assert off.llm is not None and off.llm.tools is False
+    with pytest.raises(PlaybookError) as caught:
+        parse_playbook("---\nllm:\n  model: m\n  tools: 'no'\n---\nx\n")
+    assert "<playbook>:4: llm.tools: must be true or false, got the string 'no'" in str(
+        caught.value
+    )

@@ -8,7 +8,13 @@ import httpx
 import pytest
 
 from activecall.playbook.model import Posthook
-from activecall.playbook.posthook import SUMMARY_PROMPTS, posthook_body, send_posthook, summarize
+from activecall.playbook.posthook import (
+    SUMMARY_PROMPTS,
+    posthook_body,
+    send_posthook,
+    summarize,
+    transcript,
+)
 from activecall.providers.base import LlmOption
 from activecall.providers.openai import OpenAiLlm
 from tests.playbook.scripted import KEY, Recorder, ScriptedOpenAi
@@ -66,3 +72,34 @@ def test_delivery_failures() -> None:
     status, failure = asyncio.run(main())
     assert status == 503
     assert failure == "ConnectError"
+
+
+def test_tool_calls_are_written_out_in_the_history_and_the_transcript() -> None:
+    history = [
+        {"role": "user", "content": "Sales, please."},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "transfer_call", "arguments": '{"callee": "sip:s@x"}'},
+                },
+                {"id": "c2", "type": "function", "function": {"name": "hangup_call"}},
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "Transferring."},
+    ]
+    body = posthook_body(Posthook(url="http://x"), "s1", history, None, 5)
+    assert body["history"] == [
+        {"role": "user", "content": "Sales, please."},
+        {
+            "role": "assistant",
+            "content": '[called transfer_call {"callee": "sip:s@x"}] [called hangup_call {}]',
+        },
+        {"role": "tool", "content": "Transferring."},
+    ]
+    assert transcript(history).splitlines()[1] == (
+        'assistant: [called transfer_call {"callee": "sip:s@x"}] [called hangup_call {}]'
+    )

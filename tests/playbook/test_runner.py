@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from activecall.playbook.runner import FOLLOWUP_NUDGE, MAX_HTTP_ROUNDS, Playbook
 from activecall.playbook.template import CallFacts
 from activecall.providers.openai import OpenAiLlm
 from tests.playbook.scripted import KEY, Recorder, ScriptedOpenAi
+from tests.providers.fakes.openai import tool_call_deltas
 
 BOUND = 10.0
 T0 = 1_700_000_000_000
@@ -573,6 +575,13 @@ def test_realtime_function_calls_control_the_call() -> None:
             name="transfer_call",
             arguments='{"callee": "sip:x@y"}',
         )
+        call.event(
+            "functionCall",
+            trackId="s1",
+            callId="c2b",
+            name="refer_call",
+            arguments='{"callee_uri": "sip:z@y"}',
+        )
         call.event("functionCall", trackId="s1", callId="c3", name="teleport", arguments="{}")
         call.event("functionCall", trackId="s1", callId="c4", name="hangup_call", arguments="")
 
@@ -581,6 +590,7 @@ def test_realtime_function_calls_control_the_call() -> None:
     assert call.runner.scene.id == "b"
     assert call.commands == [
         {"command": "refer", "caller": "", "callee": "sip:x@y"},
+        {"command": "refer", "caller": "", "callee": "sip:z@y"},
         {"command": "hangup", "reason": "system", "initiator": "system"},
     ]
     assert call.errors == ["unknown action function 'teleport'"]
@@ -744,3 +754,400 @@ def test_message_tags_bad_json_tools_and_an_unknown_collector() -> None:
         "role": "system",
         "content": "There is no collector 'nope' (collectors: none).",
     }
+
+
+# --- native tool calling --------------------------------------------------------------------------
+
+
+def tool_names(chat: dict[str, Any]) -> list[str]:
+    return [tool["function"]["name"] for tool in chat.get("tools", [])]
+
+
+def test_a_tool_call_transfers_after_the_speech_and_is_answered_in_the_history() -> None:
+    arguments = '{"callee": "sip:sales@example.com"}'
+    reply = [
+        "Let me transfer you.",
+        *tool_call_deltas([("call_t1", "transfer_call", arguments)], pieces=3),
+    ]
+
+    async def scenario(call: Call) -> None:
+        call.event("answer", trackId="s1", sdp="")
+        await call.turn_done()
+        assert call.named("refer") == []
+        call.heard(call.last_play_id())
+        call.event("asrFinal", trackId="s1", text="Thanks.")
+        await call.turn_done(2)
+
+    call = run(scenario, reply, ["You're welcome."])
+    first, second = call.fake.chats()
+    assert tool_names(first) == ["hangup_call", "transfer_call", "set_var", "http", "play"]
+    assert "<hangup/>" in first["messages"][0]["content"]  # the tag instructions stay
+    (spoken, *_) = call.tts()
+    assert spoken["text"] == "Let me transfer you." and spoken["endOfStream"] is True
+    assert call.named("refer") == [
+        {"command": "refer", "caller": "", "callee": "sip:sales@example.com"}
+    ]
+    # the next request carries the call and its result in the API's own shape
+    assert second["messages"][1:4] == [
+        {
+            "role": "assistant",
+            "content": "Let me transfer you.",
+            "tool_calls": [
+                {
+                    "id": "call_t1",
+                    "type": "function",
+                    "function": {"name": "transfer_call", "arguments": arguments},
+                }
+            ],
+        },
+        {
+            "role": "tool",
+            "tool_call_id": "call_t1",
+            "content": "The caller will be transferred to sip:sales@example.com once your reply"
+            " has been heard.",
+        },
+        {"role": "user", "content": "Thanks."},
+    ]
+    assert call.errors == []
+
+
+def test_an_http_tool_call_goes_to_the_server_and_its_answer_back_as_the_tool_result() -> None:
+    async def scenario(call: Call) -> None:
+        call.event("answer", trackId="s1", sdp="")
+        await call.turn_done()
+
+    async def main() -> tuple[Call, Recorder]:
+        async with Recorder({"status": "shipped"}) as server:
+            arguments = json.dumps(
+                {"url": f"{server.url}/orders/42", "method": "POST", "body": '{"id": "42"}'}
+            )
+            first = tool_call_deltas([("call_h", "http", arguments)], pieces=5)
+            call = await play(scenario, first, ["It shipped."])
+            return call, server
+
+    call, server = asyncio.run(main())
+    ((method, path, headers, body),) = server.received
+    assert (method, path, body) == ("POST", "/orders/42", {"id": "42"})
+    assert headers["Content-Type"] == "application/json"
+    _, second = call.fake.chats()
+    said, answer = second["messages"][-2:]
+    assert said["role"] == "assistant" and said["content"] is None
+    assert said["tool_calls"][0]["function"]["name"] == "http"
+    assert answer["role"] == "tool" and answer["tool_call_id"] == "call_h"
+    assert answer["content"].startswith(f"HTTP POST {server.url}/orders/42 answered 200:")
+    assert [c["text"] for c in call.tts()] == ["It shipped."]  # nothing else was said
+    assert call.errors == []
+
+
+def test_scene_and_variable_tool_calls_then_the_model_speaks_in_the_new_scene() -> None:
+    body = "# Scene: intro\nAsk the caller's name.\n\n# Scene: help\nHelp {{ name }}.\n"
+    calls = [
+        ("c1", "set_var", '{"key": "name", "value": "Ada"}'),
+        ("c2", "goto_scene", '{"scene": "help"}'),
+    ]
+
+    async def scenario(call: Call) -> None:
+        call.event("answer", trackId="s1", sdp="")
+        await call.turn_done()
+
+    call = run(scenario, tool_call_deltas(calls), ["How can I help, Ada?"], body=body)
+    first, second = call.fake.chats()
+    scene_tool = next(t for t in first["tools"] if t["function"]["name"] == "goto_scene")
+    assert scene_tool["function"]["parameters"]["properties"]["scene"]["enum"] == ["help", "intro"]
+    assert second["messages"][0]["content"].startswith("Help Ada.")
+    assert [m["content"] for m in second["messages"][-2:]] == [
+        "name = Ada",
+        "Now in scene 'help'.",
+    ]
+    assert call.runner.scene.id == "help" and call.runner.vars == {"name": "Ada"}
+    assert [c["text"] for c in call.tts()] == ["How can I help, Ada?"]
+
+
+def test_bad_tool_calls_get_error_results_and_the_model_is_asked_again() -> None:
+    calls = [
+        ("b1", "teleport", "{}"),
+        ("b2", "set_var", '{"key": '),
+        ("b3", "transfer_call", "{}"),
+        ("b4", "goto_scene", '{"scene": "nowhere"}'),
+        ("b5", "http", '{"url": "ftp://x"}'),
+    ]
+
+    async def scenario(call: Call) -> None:
+        call.event("answer", trackId="s1", sdp="")
+        await call.turn_done()
+
+    body = "# Scene: a\nA.\n# Scene: b\nB.\n"
+    call = run(scenario, tool_call_deltas(calls), ["Sorry, I cannot do that."], body=body)
+    _, second = call.fake.chats()
+    answers = [m for m in second["messages"] if m["role"] == "tool"]
+    assert [m["tool_call_id"] for m in answers] == ["b1", "b2", "b3", "b4", "b5"]
+    assert [m["content"] for m in answers] == [
+        "Error: unknown action function 'teleport'. Nothing was done.",
+        "Error: function 'set_var': arguments are not JSON. Nothing was done.",
+        "Error: function 'transfer_call' needs to. Nothing was done.",
+        "Error: there is no scene 'nowhere' (scenes: a, b).",
+        "Error: function 'http': url must be http(s), got 'ftp://x'. Nothing was done.",
+    ]
+    assert call.errors == [
+        "tool call: unknown action function 'teleport'",
+        "tool call: function 'set_var': arguments are not JSON",
+        "tool call: function 'transfer_call' needs to",
+        "goto: no scene 'nowhere'",
+        "tool call: function 'http': url must be http(s), got 'ftp://x'",
+    ]
+    assert call.named("refer") == [] and call.runner.scene.id == "a"
+    assert [c["text"] for c in call.tts()] == ["Sorry, I cannot do that."]
+
+
+def test_a_hangup_tool_call_rides_the_last_sentence() -> None:
+    reply = ["Goodbye!", *tool_call_deltas([("h1", "hangup_call", "")])]
+
+    async def scenario(call: Call) -> None:
+        call.event("answer", trackId="s1", sdp="")
+        await call.turn_done()
+
+    call = run(scenario, reply)
+    (last,) = call.tts()
+    assert last["text"] == "Goodbye!" and last["autoHangup"] is True
+    assert len(call.fake.chats()) == 1  # said and done: no second round
+
+
+def test_http_tool_rounds_are_capped() -> None:
+    arguments = '{"url": "http://127.0.0.1:9/x"}'
+    replies = [tool_call_deltas([(f"h{n}", "http", arguments)]) for n in range(6)]
+
+    async def scenario(call: Call) -> None:
+        call.event("answer", trackId="s1", sdp="")
+        await call.until(lambda: bool(call.errors))
+
+    call = run(scenario, *replies)
+    assert len(call.fake.chats()) == MAX_HTTP_ROUNDS + 1
+    assert call.errors == [f"more than {MAX_HTTP_ROUNDS} <http> rounds in one turn: stopped"]
+    answers = [m["content"] for m in call.runner.history if m["role"] == "tool"]
+    assert answers[0].startswith("HTTP GET http://127.0.0.1:9/x failed:")
+    assert answers[-1] == f"Not done: at most {MAX_HTTP_ROUNDS} requests in one reply."
+
+
+def test_tools_off_in_the_front_matter_and_a_server_that_refuses_them() -> None:
+    async def scenario(call: Call) -> None:
+        call.event("answer", trackId="s1", sdp="")
+        await call.turn_done()
+
+    off = run(scenario, ["Hello."], front="  tools: false\n")  # an llm key
+    assert "tools" not in off.fake.chats()[0]
+
+    async def refused(call: Call) -> None:
+        call.fake.refuse_tools = True
+        call.event("answer", trackId="s1", sdp="")
+        await call.turn_done()
+        call.event("asrFinal", trackId="s1", text="Hi.")
+        await call.turn_done(2)
+
+    call = run(refused, ["Hello."], ["Hi again."])
+    asked, again, later = call.fake.chats()
+    assert "tools" in asked and "tools" not in again and "tools" not in later
+    assert [c["text"] for c in call.tts()] == ["Hello.", "Hi again."]
+    assert call.errors == []
+
+
+# --- early start on end of utterance --------------------------------------------------------------
+
+
+async def reply_ready(call: Call, count: int) -> None:
+    """Until the LLM fake has answered ``count`` chat requests (their replies are on the way)."""
+    await call.until(lambda: len(call.fake.chats()) >= count)
+    await asyncio.sleep(0.1)  # the reply streams in: an early turn must still say nothing
+
+
+def test_an_early_turn_on_end_of_utterance_speaks_once_the_final_confirms_it() -> None:
+    async def scenario(call: Call) -> None:
+        call.event("answer", trackId="s1", sdp="")
+        call.heard(call.last_play_id())
+        call.event("asrDelta", trackId="s1", index=0, text="where is")
+        call.event("asrDelta", trackId="s1", index=0, text="where is my order")
+        call.event("eou", trackId="s1", completed=False)  # not the end yet
+        assert call.fake.chats() == []
+        call.event("eou", trackId="s1", completed=True)
+        await reply_ready(call, 1)
+        assert len(call.tts()) == 1  # only the greeting so far
+        call.event("asrFinal", trackId="s1", index=0, text="Where is my order?")
+        await call.turn_done()
+
+    call = run(scenario, ["It shipped.", " It arrives Friday."], front="greeting: Hi.\n")
+    (chat,) = call.fake.chats()  # the early request was the turn's request
+    assert chat["messages"][-1] == {"role": "user", "content": "where is my order"}
+    assert [c["text"] for c in call.tts()] == ["Hi.", "It shipped. ", "It arrives Friday."]
+    assert {"role": "user", "content": "Where is my order?"} in call.runner.history
+
+
+def test_a_final_that_differs_cancels_the_early_turn_and_nothing_of_it_is_heard() -> None:
+    early = ['Closing time is six. <set_var key="topic" value="hours"/><hangup/>']
+
+    async def scenario(call: Call) -> None:
+        call.event("answer", trackId="s1", sdp="")
+        call.heard(call.last_play_id())
+        call.event("eou", trackId="s1", completed=True, text="what time")
+        await reply_ready(call, 1)
+        call.event("asrFinal", trackId="s1", index=0, text="What time do you open on Sunday?")
+        await call.turn_done()
+
+    call = run(scenario, early, ["We open at ten on Sundays."], front="greeting: Hi.\n")
+    _, second = call.fake.chats()
+    assert [m["content"] for m in second["messages"][1:]] == [
+        "Hi.",
+        "What time do you open on Sunday?",
+    ]
+    assert [c["text"] for c in call.tts()] == ["Hi.", "We open at ten on Sundays."]
+    assert not any(c.get("autoHangup") for c in call.tts())
+    assert call.runner.vars == {}  # the cancelled reply's tags were never acted on
+    assert [m["content"] for m in call.runner.history] == [
+        "Hi.",
+        "What time do you open on Sunday?",
+        "We open at ten on Sundays.",
+    ]
+
+
+def test_more_words_after_the_end_of_utterance_drop_the_early_turn() -> None:
+    front = "  features: [context_repair]\ngreeting: Hi.\n"  # an llm key first
+
+    async def scenario(call: Call) -> None:
+        call.event("answer", trackId="s1", sdp="")
+        call.heard(call.last_play_id())
+        call.event("asrDelta", trackId="s1", index=0, text="I want")
+        call.event("eou", trackId="s1", completed=True)
+        await reply_ready(call, 1)
+        call.event("asrDelta", trackId="s1", index=0, text="I want to change my flight")
+        call.event("eou", trackId="s1", completed=True)  # a new early turn, with every word
+        await reply_ready(call, 2)
+        call.event("asrFinal", trackId="s1", index=0, text="I want to change my flight.")
+        await call.turn_done()
+
+    call = run(scenario, ["Sure?"], ["Which flight is it?"], front=front)
+    first, second = call.fake.chats()
+    assert first["messages"][-1]["content"] == "I want"
+    assert [m["content"] for m in second["messages"][1:]] == ["Hi.", "I want to change my flight"]
+    assert [c["text"] for c in call.tts()] == ["Hi.", "Which flight is it?"]
+
+
+def test_end_of_utterance_is_ignored_while_the_agent_speaks_or_with_nothing_heard() -> None:
+    front = "greeting: Hello there.\ninterruption:\n  fillerWordFilter: true\n"
+
+    async def scenario(call: Call) -> None:
+        call.event("answer", trackId="s1", sdp="")
+        greeting = call.last_play_id()
+        call.event("trackStart", trackId="server-side-track", playId=greeting)
+        call.event("eou", trackId="s1", completed=True, text="hello")  # the agent speaks
+        call.event("trackEnd", trackId="server-side-track", playId=greeting, duration=900)
+        call.event("eou", trackId="s1", completed=True)  # nothing heard yet
+        call.event("eou", trackId="s1", completed=True, text="um")  # a filler
+        call.event("eou", trackId="s1", completed="yes", text="hello")  # wrong type
+        await asyncio.sleep(0.1)
+        assert call.fake.chats() == []
+        call.event("asrFinal", trackId="s1", index=0, text="Hello?")
+        await call.turn_done()
+        call.heard(call.last_play_id())
+        call.event("eou", trackId="s1", completed=True, text="hello")  # late: answered already
+        await asyncio.sleep(0.1)
+
+    call = run(scenario, ["Yes, I can hear you."], front=front)
+    (chat,) = call.fake.chats()
+    assert chat["messages"][-1] == {"role": "user", "content": "Hello?"}
+    assert [c["text"] for c in call.tts()] == ["Hello there.", "Yes, I can hear you."]
+
+
+def test_a_rolling_summary_never_parts_a_tool_result_from_its_call() -> None:
+    front = "  features: [rolling_summary]\n  summaryLimit: 4\n"  # more llm keys
+    called = {
+        "role": "assistant",
+        "content": "Noted.",
+        "tool_calls": [
+            {
+                "id": "v1",
+                "type": "function",
+                "function": {"name": "set_var", "arguments": '{"key": "k", "value": "1"}'},
+            }
+        ],
+    }
+    seeded = [
+        {"role": "user", "content": "Q0"},
+        {"role": "assistant", "content": "A0"},
+        {"role": "user", "content": "Q1"},
+        called,
+        {"role": "tool", "tool_call_id": "v1", "content": "k = 1"},  # where the cut would fall
+        {"role": "user", "content": "Q2"},
+        {"role": "assistant", "content": "A2"},
+        {"role": "user", "content": "Q3"},
+        {"role": "assistant", "content": "A3"},
+    ]
+
+    async def scenario(call: Call) -> None:
+        call.runner.history.extend(seeded)
+        call.event("answer", trackId="s1", sdp="")
+        await call.turn_done()
+
+    call = run(scenario, ["They asked three things."], ["Answer 4."], front=front)
+    summary, turn = call.fake.chats()
+    assert summary["messages"][1]["content"] == "user: Q0\nassistant: A0\nuser: Q1"
+    assert turn["messages"][1] == called and turn["messages"][2]["role"] == "tool"
+    assert call.tts()[-1]["text"] == "Answer 4."
+    assert call.errors == []
+
+
+def test_filler_finals_are_not_turns_and_the_config_file_names_the_fillers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    front = "greeting: Hi.\ninterruption:\n  fillerWordFilter: true\n"
+
+    async def scenario(call: Call) -> None:
+        call.event("answer", trackId="s1", sdp="")
+        call.heard(call.last_play_id())
+        for text in fillers:
+            call.event("asrFinal", trackId="s1", index=0, text=text)
+        await asyncio.sleep(0.1)
+        assert call.fake.chats() == []
+        call.event("asrFinal", trackId="s1", index=1, text=question)
+        await call.turn_done()
+
+    fillers, question = ["Um...", "uh, ah"], "um, where is my order?"
+    built_in = run(scenario, ["On its way."], front=front)
+    assert built_in.fake.chats()[0]["messages"][-1]["content"] == question
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "fillers.txt").write_text("well\nso\n")
+    monkeypatch.chdir(tmp_path)
+    fillers, question = ["Well...", "so, well"], "Um"  # "um" is no filler on this list
+    own = run(scenario, ["Yes?"], front=front)
+    assert own.fake.chats()[0]["messages"][-1]["content"] == "Um"
+
+
+@pytest.mark.parametrize("final", ["Change my flight.", "change my flight to Monday"])
+def test_an_early_turn_with_context_repair_confirmed_or_dropped(final: str) -> None:
+    front = "  features: [context_repair]\n"  # an llm key
+    replies = (["Hi there, how can I help you?"], ["Sure?"], ["Early answer."], ["Which one?"])
+
+    async def scenario(call: Call) -> None:
+        call.event("answer", trackId="s1", sdp="")
+        await call.turn_done(1)
+        call.at(1000).event("asrFinal", trackId="s1", text="I want to")
+        await call.turn_done(2)
+        call.at(2500).event("asrDelta", trackId="s1", text="change my flight")
+        call.event("eou", trackId="s1", completed=True)
+        await reply_ready(call, 3)
+        assert len(call.tts()) == 2  # the early answer waits
+        call.event("asrFinal", trackId="s1", text=final)
+        await call.turn_done(3)
+
+    call = run(scenario, *replies, front=front)
+    chats = call.fake.chats()
+    early = chats[2]["messages"]
+    assert early[-1] == {"role": "user", "content": "I want to change my flight"}  # repaired
+    user = [m["content"] for m in call.runner.history if m["role"] == "user"]
+    if final.startswith("Change"):  # the same words: the early answer is the answer
+        assert len(chats) == 3
+        assert user == ["I want to Change my flight."]
+        assert call.tts()[-1]["text"] == "Early answer."
+    else:  # more words: dropped, and the final repaired the same way from the same history
+        assert len(chats) == 4
+        assert chats[3]["messages"][-1]["content"] == f"I want to {final}"
+        assert user == [f"I want to {final}"]
+        assert "Early answer." not in [c["text"] for c in call.tts()]
+        assert call.tts()[-1]["text"] == "Which one?"

@@ -2,7 +2,11 @@
 
 * ``POST /v1/chat/completions`` with ``stream: true``: ``text/event-stream`` of
   ``chat.completion.chunk`` objects (``data: {...}`` events) ending with ``data: [DONE]``; the
-  deltas it streams are scripted (:attr:`FakeOpenAi.chat_deltas`).
+  deltas it streams are scripted (:attr:`FakeOpenAi.chat_deltas`; :func:`tool_call_deltas`
+  makes the pieces of streamed tool calls). Requests are checked as the API checks them: a
+  ``tools`` entry must be a ``function`` with a valid name, and every ``tool_calls`` entry of
+  an assistant message must be answered by the ``role: "tool"`` messages right after it (and
+  those only there), else 400 with the API's message.
 * ``POST /v1/audio/speech`` with ``response_format: "pcm"``: raw 24 kHz PCM16LE, streamed in
   :attr:`FakeOpenAi.chunk_size` pieces; the "speech" is :func:`fake_speech` of the input.
 * ``GET /v1/realtime?intent=transcription`` (WebSocket, GA protocol): ``session.created``,
@@ -17,7 +21,9 @@ and over the WebSocket an ``error`` event (``invalid_api_key``) then close code 
 service does. API errors are ``{"error": {"message", "type", "param", "code"}}``. Everything a
 client sends is recorded. Failure switches: ``drop_after`` (TCP reset after that many body
 pieces or commits), ``stall_after`` (stops answering but keeps the connection open),
-``fail_transcription`` (``...input_audio_transcription.failed`` instead of ``completed``).
+``fail_transcription`` (``...input_audio_transcription.failed`` instead of ``completed``),
+``refuse_tools`` (a chat request with ``tools`` gets 400, as an OpenAI-compatible server whose
+model has no tool support answers, e.g. Ollama's ``... does not support tools``).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,7 +39,14 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-__all__ = ["FakeOpenAi", "RealtimeConnection", "Recorded", "fake_speech"]
+__all__ = [
+    "FakeOpenAi",
+    "RealtimeConnection",
+    "Recorded",
+    "check_chat_request",
+    "fake_speech",
+    "tool_call_deltas",
+]
 
 SPEECH_RATE = 24000
 MIN_COMMIT_BYTES = 4800  # 100 ms of 24 kHz PCM16
@@ -42,6 +56,88 @@ def fake_speech(text: str) -> bytes:
     """Deterministic 24 kHz PCM16LE 'speech' for ``text``: 5 ms per character."""
     samples = [(ord(ch) * 53 + i * 7) % 30000 - 15000 for ch in text for i in range(120)]
     return struct.pack(f"<{len(samples)}h", *samples)
+
+
+def tool_call_deltas(
+    calls: list[tuple[str, str, str]], *, pieces: int = 3, first_index: int = 0
+) -> list[dict[str, Any]]:
+    """The ``delta`` objects streaming ``calls`` (each ``(id, name, arguments)``) as the API
+    does: a call's first piece has its ``index``, ``id``, ``type`` and function ``name`` with
+    empty ``arguments``, then the arguments follow in ``pieces`` parts keyed by ``index``. The
+    chunk after them has ``finish_reason: "tool_calls"``."""
+    deltas: list[dict[str, Any]] = []
+    for number, (call_id, name, arguments) in enumerate(calls):
+        index = first_index + number
+        deltas.append(
+            {
+                "tool_calls": [
+                    {
+                        "index": index,
+                        "id": call_id,
+                        "type": "function",
+                        "function": {"name": name, "arguments": ""},
+                    }
+                ]
+            }
+        )
+        size = max(1, -(-len(arguments) // pieces))
+        for start in range(0, len(arguments), size):
+            part = arguments[start : start + size]
+            deltas.append({"tool_calls": [{"index": index, "function": {"arguments": part}}]})
+    return deltas
+
+
+_TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+
+
+def check_chat_request(body: dict[str, Any]) -> tuple[str, str] | None:
+    """What the API would refuse in a chat request's ``tools`` and ``messages``:
+    ``(message, param)``, or None when it is fine."""
+    tools = body.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list):
+            return "Invalid type for 'tools': expected an array.", "tools"
+        for number, tool in enumerate(tools):
+            function = tool.get("function") if isinstance(tool, dict) else None
+            if not isinstance(tool, dict) or tool.get("type") != "function":
+                return f"Invalid value for 'tools[{number}].type'.", f"tools[{number}].type"
+            name = function.get("name") if isinstance(function, dict) else None
+            if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
+                param = f"tools[{number}].function.name"
+                return f"Invalid '{param}': string does not match pattern.", param
+            parameters = function.get("parameters", {}) if isinstance(function, dict) else {}
+            if not isinstance(parameters, dict) or parameters.get("type", "object") != "object":
+                param = f"tools[{number}].function.parameters"
+                return f"Invalid schema for function '{name}'.", param
+    waiting: list[str] = []  # tool_call_ids still to answer
+    for number, message in enumerate(body["messages"]):
+        role = message.get("role") if isinstance(message, dict) else None
+        if role == "tool":
+            if message.get("tool_call_id") not in waiting:
+                return (
+                    "Invalid parameter: messages with role 'tool' must be a response to a"
+                    " preceeding message with 'tool_calls'.",
+                    f"messages.[{number}].role",
+                )
+            waiting.remove(message["tool_call_id"])
+            continue
+        if waiting:
+            return (
+                "An assistant message with 'tool_calls' must be followed by tool messages"
+                " responding to each 'tool_call_id'. The following tool_call_ids did not have"
+                f" response messages: {', '.join(waiting)}",
+                f"messages.[{number}].role",
+            )
+        if role == "assistant" and message.get("tool_calls"):
+            waiting = [str(call.get("id")) for call in message["tool_calls"]]
+    if waiting:
+        return (
+            "An assistant message with 'tool_calls' must be followed by tool messages responding"
+            f" to each 'tool_call_id'. The following tool_call_ids did not have response"
+            f" messages: {', '.join(waiting)}",
+            "messages",
+        )
+    return None
 
 
 def api_error(
@@ -95,6 +191,7 @@ class FakeOpenAi:
         self.chunk_size = 999  # odd on purpose: clients must keep samples whole
         self.transcripts: list[str] = []
         self.fail_transcription = False  # answer commits with ...transcription.failed
+        self.refuse_tools = False  # a model without tool support behind a compatible server
         self.refuse_upgrade = False  # a bad key on the WebSocket gets HTTP 401, not an event
         self.drop_after: int | None = None
         self.stall_after: int | None = None
@@ -156,6 +253,12 @@ class FakeOpenAi:
             return _bad_request("[] is too short - 'messages'", "messages")
         if body.get("stream") is not True:
             return _bad_request("this fake streams only", "stream")
+        refused = check_chat_request(body)
+        if refused is not None:
+            return _bad_request(*refused)
+        if self.refuse_tools and body.get("tools"):
+            message = f"registry.ollama.ai/library/{body['model']}:latest does not support tools"
+            return web.json_response({"error": api_error(message, "api_error", None)}, status=400)
         events = [
             json.dumps(
                 {
