@@ -15,20 +15,33 @@ Payload types come from ``a=rtpmap`` (dynamic types are learned, never assumed: 
 fixes #67/#93); without an rtpmap only the static types 0 (PCMU), 8 (PCMA) and 9 (G.722) are
 known. No common codec, no audio stream or an unsupported transport raises
 :class:`NotAcceptable`, which a SIP adapter answers with 488.
+
+SDES-SRTP (RFC 4568): an ``RTP/SAVP`` stream carries ``a=crypto`` lines (:class:`Crypto`);
+the answerer picks the first one it can run (the offerer's preference) and answers it with
+the same tag and its own key; no usable line is :class:`NotAcceptable`. With ``srtp=True``
+we offer ``RTP/SAVP`` ourselves, and answer the crypto lines of a plain ``RTP/AVP`` offer
+(best-effort SRTP, as baresip's ``mediaenc srtp`` offers). The keys agreed on are
+:attr:`NegotiatedMedia.srtp`.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal, TypeAlias
+
+from activecall.rtp.srtp import SUITES as SRTP_SUITES
 
 __all__ = [
     "AUDIO_CODECS",
     "DIRECTIONS",
     "CodecSpec",
     "Connection",
+    "Crypto",
     "Direction",
     "MediaDescription",
     "NegotiatedMedia",
@@ -37,6 +50,7 @@ __all__ = [
     "RtpMap",
     "SdpError",
     "SessionDescription",
+    "SrtpKeys",
     "answer",
     "build_offer",
     "parse_answer",
@@ -50,6 +64,8 @@ DIRECTIONS: tuple[Direction, ...] = ("sendrecv", "sendonly", "recvonly", "inacti
 _DEFAULT_PTIME = 20
 # Profiles of plain RTP a SIP call can use; SRTP (SAVP) and WebRTC (UDP/TLS/...) need keys.
 _PLAIN_RTP = ("RTP/AVP", "RTP/AVPF")
+_SDES_RTP = ("RTP/SAVP", "RTP/SAVPF")  # SRTP keyed in the SDP itself (RFC 4568)
+_OFFERED_SUITES = ("AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32")
 
 
 class SdpError(ValueError):
@@ -154,6 +170,95 @@ class RtpMap:
     def __str__(self) -> str:
         channels = f"/{self.channels}" if self.channels != 1 else ""
         return f"{self.payload_type} {self.encoding}/{self.clock_rate}{channels}"
+
+
+_CRYPTO_TAG = re.compile(r"[0-9]{1,9}")
+
+
+@dataclass(frozen=True, slots=True)
+class Crypto:
+    """One ``a=crypto:<tag> <suite> inline:<key||salt>[|lifetime][|mki] [params]`` (RFC 4568).
+
+    ``key`` is the decoded master key and salt (empty for a suite we do not know: its
+    key-params are kept as ``key_params`` and written back unchanged).
+    """
+
+    tag: int
+    suite: str
+    key: bytes = field(default=b"", repr=False)
+    lifetime: str | None = None
+    mki: str | None = None
+    session_params: tuple[str, ...] = ()
+    key_params: str = field(default="", repr=False)
+
+    @classmethod
+    def new(cls, tag: int, suite: str) -> Crypto:
+        """Our own crypto line for ``suite`` with a fresh random key."""
+        return cls.with_key(tag, suite, secrets.token_bytes(SRTP_SUITES[suite][1]))
+
+    @classmethod
+    def with_key(cls, tag: int, suite: str, key: bytes) -> Crypto:
+        """A crypto line of ``suite`` carrying ``key`` (master key and salt)."""
+        inline = "inline:" + base64.b64encode(key).decode("ascii")
+        return cls(tag, suite, key, key_params=inline)
+
+    @classmethod
+    def parse(cls, value: str) -> Crypto:
+        """Parse the value of a ``crypto`` attribute; :class:`SdpError` naming what is wrong."""
+        parts = value.split()
+        if len(parts) < 3 or not _CRYPTO_TAG.fullmatch(parts[0]):
+            raise SdpError(f"a=crypto:{value} is not '<tag> <suite> <key-params>'")
+        tag, suite, key_params = int(parts[0]), parts[1], parts[2]
+        if suite not in SRTP_SUITES:
+            return cls(tag, suite, session_params=tuple(parts[3:]), key_params=key_params)
+        if ";" in key_params:  # several master keys, told apart by MKI: not supported
+            return cls(tag, suite, session_params=tuple(parts[3:]), key_params=key_params)
+        method, _, info = key_params.partition(":")
+        if method != "inline" or not info:
+            raise SdpError(
+                f"a=crypto:{tag} {suite}: key-params must be inline:<key>, got {key_params!r}"
+            )
+        key_text, *rest = info.split("|")
+        lifetime = mki = None
+        for item in rest:
+            if ":" in item:
+                mki = item
+            else:
+                lifetime = item
+        key = _inline_key(tag, suite, key_text)
+        return cls(tag, suite, key, lifetime, mki, tuple(parts[3:]), key_params)
+
+    @property
+    def usable(self) -> bool:
+        """Whether we can run this line: a known suite, one key, no MKI, no session params."""
+        return bool(self.key) and self.mki is None and not self.session_params
+
+    def __str__(self) -> str:
+        return " ".join([str(self.tag), self.suite, self.key_params, *self.session_params])
+
+
+def _inline_key(tag: int, suite: str, text: str) -> bytes:
+    """The master key and salt of an ``inline:`` key (base64; missing padding tolerated)."""
+    expected = SRTP_SUITES[suite][1]
+    try:
+        key = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise SdpError(f"a=crypto:{tag} {suite}: inline key {text!r} is not base64") from None
+    if len(key) != expected:
+        raise SdpError(
+            f"a=crypto:{tag} {suite}: inline key is {len(key)} bytes, the suite needs {expected}"
+        )
+    return key
+
+
+@dataclass(frozen=True, slots=True)
+class SrtpKeys:
+    """What SDES agreed on: the suite, the key we send with, the key the remote sends with."""
+
+    suite: str
+    local_key: bytes = field(repr=False)
+    remote_key: bytes = field(repr=False)
+    tag: int = 1
 
 
 # Formats known without an rtpmap (RFC 3551 table 4): those we decode, and G.729 to name it.
@@ -359,6 +464,10 @@ class SessionDescription:
             raise SdpError(f"a=ptime:{value} must be positive")
         return ptime
 
+    def cryptos(self, section: MediaDescription) -> list[Crypto]:
+        """The ``a=crypto`` lines of ``section``, parsed; :class:`SdpError` for a bad one."""
+        return [Crypto.parse(value) for value in section.attributes("crypto")]
+
     def uses_ice(self, section: MediaDescription) -> bool:
         """Whether ``section`` negotiates ICE (its addresses then come from candidates)."""
         return bool(section.attributes("ice-ufrag") or self.attributes("ice-ufrag"))
@@ -453,6 +562,8 @@ class NegotiatedMedia:
     fmtp: str | None = None
     rtcp_mux: bool = False
     remote_rtcp_port: int | None = None
+    srtp: SrtpKeys | None = None
+    """The SDES keys when the stream is SRTP, else ``None`` (plain RTP)."""
 
     @property
     def sample_rate(self) -> int:
@@ -490,12 +601,14 @@ def build_offer(
     ptime: int = _DEFAULT_PTIME,
     direction: Direction = "sendrecv",
     rtcp_mux: bool = False,
+    srtp: bool = False,
 ) -> SessionDescription:
     """Our SDP offer: one ``RTP/AVP`` audio stream with ``codecs`` in preference order.
 
     ``codecs`` are configuration names (:func:`supported_codecs`); ``telephone-event`` is
     offered at 8 kHz, and also at 48 kHz when Opus is offered (its clock must match the
-    codec's). ``ValueError`` if no audio codec is left.
+    codec's). With ``srtp`` the stream is ``RTP/SAVP`` with a fresh key per offered crypto
+    suite. ``ValueError`` if no audio codec is left.
     """
     names = supported_codecs(codecs)
     specs = [AUDIO_CODECS[n] for n in names if n in AUDIO_CODECS]
@@ -512,12 +625,15 @@ def build_offer(
             if "opus" in names:
                 offered.append(_TELEPHONE_EVENT[48000])
     section = MediaDescription(
-        "audio", port, "RTP/AVP", [str(spec.payload_type) for spec in offered]
+        "audio", port, "RTP/SAVP" if srtp else "RTP/AVP", [str(s.payload_type) for s in offered]
     )
     section.lines = _codec_lines(offered)
     section.lines += [("a", f"ptime:{ptime}"), ("a", direction)]
     if rtcp_mux:
         section.lines.append(("a", "rtcp-mux"))
+    if srtp:
+        for tag, suite in enumerate(_OFFERED_SUITES, 1):
+            section.lines.append(("a", f"crypto:{Crypto.new(tag, suite)}"))
     sid = secrets.randbelow(1 << 62) if session_id is None else session_id
     return SessionDescription(
         origin=Origin(username, sid, session_version, address, "IN", _addr_type(address)),
@@ -538,21 +654,26 @@ def answer(
     username: str = "-",
     session_name: str = "activecall",
     direction: Direction = "sendrecv",
-    profiles: Sequence[str] = _PLAIN_RTP,
+    profiles: Sequence[str] = _PLAIN_RTP + _SDES_RTP,
+    srtp: bool = False,
+    srtp_key: SrtpKeys | None = None,
 ) -> tuple[SessionDescription, NegotiatedMedia]:
     """Answer ``offer``: accept its first audio stream we can run, reject the others.
 
     The codec is the first of the offer's m-line order in ``supported`` (configuration
     names), with the offer's payload type numbers. ``direction`` limits ours (e.g.
-    ``recvonly``); the answer's is the offer's reversed, within that limit. Raises
-    :class:`NotAcceptable` (488) when no stream is acceptable, :class:`SdpError` when the
-    offer is malformed.
+    ``recvonly``); the answer's is the offer's reversed, within that limit. An ``RTP/SAVP``
+    stream is answered with our own key for its first usable crypto line (``srtp_key``'s
+    local key when its suite is the one chosen: a re-offer keeps our key); ``srtp`` also
+    answers the crypto lines of a plain ``RTP/AVP`` offer. Raises :class:`NotAcceptable`
+    (488) when no stream is acceptable, :class:`SdpError` when the offer is malformed.
     """
     sd = offer if isinstance(offer, SessionDescription) else SessionDescription.parse(offer)
     ours = supported_codecs(supported)
     if not any(n in AUDIO_CODECS for n in ours):
         raise ValueError(f"no audio codec in {list(supported)!r}")
     chosen: tuple[int, CodecSpec, RtpMap, RtpMap | None] | None = None
+    crypto: Crypto | None = None
     reasons = []
     for index, section in enumerate(sd.media):
         if section.media != "audio" or section.port == 0:
@@ -560,6 +681,13 @@ def answer(
         if section.proto not in profiles:
             reasons.append(f"m-line {index}: transport {section.proto} is not supported")
             continue
+        crypto = None
+        if section.proto in _SDES_RTP or (srtp and section.proto in _PLAIN_RTP):
+            crypto = next((c for c in sd.cryptos(section) if c.usable), None)
+            if crypto is None and section.proto in _SDES_RTP:
+                offered = ", ".join(section.attributes("crypto")) or "none"
+                reasons.append(f"m-line {index}: no usable SRTP crypto suite (offered {offered})")
+                continue
         pick = _pick_as_answerer(section, ours)
         if pick is None:
             offered = ", ".join(str(m) for m in section.rtpmaps().values()) or "none"
@@ -596,6 +724,11 @@ def answer(
     if rtcp_mux:
         accepted.lines.append(("a", "rtcp-mux"))
     accepted.lines.append(("a", ours_dir))
+    keys = None
+    if crypto is not None:
+        mine = _answer_crypto(crypto, srtp_key)
+        accepted.lines.append(("a", f"crypto:{mine}"))
+        keys = SrtpKeys(crypto.suite, mine.key, crypto.key, crypto.tag)
 
     media_out = []
     for i, other in enumerate(sd.media):
@@ -630,8 +763,17 @@ def answer(
         fmtp=section.fmtp(rtpmap.payload_type),
         rtcp_mux=rtcp_mux,
         remote_rtcp_port=_rtcp_port(section),
+        srtp=keys,
     )
     return answer_sd, negotiated
+
+
+def _answer_crypto(offered: Crypto, previous: SrtpKeys | None) -> Crypto:
+    """Our crypto line answering ``offered``: same tag and suite, our key (kept from
+    ``previous`` when the suite is unchanged, so a re-offer does not rekey our side)."""
+    if previous is not None and previous.suite == offered.suite:
+        return Crypto.with_key(offered.tag, offered.suite, previous.local_key)
+    return Crypto.new(offered.tag, offered.suite)
 
 
 def parse_answer(
@@ -701,6 +843,7 @@ def _negotiated_from_answer(
     black_hole = conn.unspecified and not theirs.uses_ice(section)
     ours_dir = _our_direction(remote_dir, black_hole, ours.direction_of(mine))
     ptime = theirs.ptime_of(section) or _DEFAULT_PTIME
+    keys = _keys_from_answer(index, mine, ours, section, theirs)
     return NegotiatedMedia(
         codec=spec.name,
         payload_type=pt,
@@ -721,7 +864,31 @@ def _negotiated_from_answer(
         fmtp=section.fmtp(pt),
         rtcp_mux=bool(section.attributes("rtcp-mux")) and bool(mine.attributes("rtcp-mux")),
         remote_rtcp_port=_rtcp_port(section),
+        srtp=keys,
     )
+
+
+def _keys_from_answer(
+    index: int,
+    mine: MediaDescription,
+    ours: SessionDescription,
+    section: MediaDescription,
+    theirs: SessionDescription,
+) -> SrtpKeys | None:
+    """The SDES keys an answer agrees on: its crypto line must echo a tag and suite of ours."""
+    offered = {c.tag: c for c in ours.cryptos(mine)}
+    secure = mine.proto in _SDES_RTP
+    if section.proto in _SDES_RTP and not secure:
+        raise NotAcceptable(f"answer m-line {index} is {section.proto} to our {mine.proto}")
+    if secure and section.proto not in _SDES_RTP:
+        raise NotAcceptable(f"answer m-line {index} is {section.proto} to our SRTP offer")
+    for crypto in theirs.cryptos(section):
+        our = offered.get(crypto.tag)
+        if our is not None and our.suite == crypto.suite and crypto.usable:
+            return SrtpKeys(crypto.suite, our.key, crypto.key, crypto.tag)
+    if secure:
+        raise NotAcceptable(f"answer m-line {index} has no crypto line matching our offer")
+    return None
 
 
 def _pick_as_answerer(

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import re
+
 import pytest
 
 from activecall.rtp.sdp import (
+    Crypto,
     NotAcceptable,
     SdpError,
     SessionDescription,
@@ -479,3 +483,135 @@ def test_unknown_lines_keep_their_place() -> None:
     ) + "a=x-custom:1\n"
     out = SessionDescription.parse(text).serialize()
     assert lines(out) == lines(text)
+
+
+# ------------------------------------------------------------------------ SDES-SRTP (RFC 4568)
+
+# RFC 4568 §5.1's offer, with a second crypto line (no MKI) that we can run: the first one's
+# MKI needs a key table (not supported), so tag 2 is chosen.
+RFC4568_CRYPTO_1 = (
+    "1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz|2^20|1:4"
+    " FEC_ORDER=FEC_SRTP"
+)
+SDES_OFFER = f"""v=0
+o=sam 2890844526 2890844526 IN IP4 10.47.16.5
+s=SRTP Discussion
+c=IN IP4 168.2.17.12
+t=2873397526 2873404696
+m=audio 49170 RTP/SAVP 0
+a=crypto:{RFC4568_CRYPTO_1}
+a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:NzB4d1BINUAvLEw6UzF3WSJ+PSdFcGdUJShpX1Zj|2^20
+"""
+
+
+def test_an_sdes_offer_is_answered_with_our_own_key_for_its_first_usable_suite() -> None:
+    sdp, media = answer(SDES_OFFER, ["pcmu"], "192.0.2.1", 40000)
+    section = sdp.media[0]
+    assert section.proto == "RTP/SAVP"
+    (line,) = section.attributes("crypto")
+    tag, suite, key_params = line.split()
+    assert (tag, suite) == ("2", "AES_CM_128_HMAC_SHA1_32")
+    assert media.srtp is not None
+    assert media.srtp.suite == "AES_CM_128_HMAC_SHA1_32" and media.srtp.tag == 2
+    assert media.srtp.remote_key == base64.b64decode("NzB4d1BINUAvLEw6UzF3WSJ+PSdFcGdUJShpX1Zj")
+    assert len(media.srtp.local_key) == 30 and media.srtp.local_key != media.srtp.remote_key
+    assert key_params == "inline:" + base64.b64encode(media.srtp.local_key).decode()
+    # What we wrote parses back to the key we will send with.
+    (ours,) = SessionDescription.parse(sdp.serialize()).cryptos(section)
+    assert ours.key == media.srtp.local_key and ours.usable
+
+
+def test_an_sdes_offer_with_no_suite_we_can_run_is_488() -> None:
+    unusable = SDES_OFFER.replace(
+        "a=crypto:2 AES_CM_128_HMAC_SHA1_32", "a=crypto:2 F8_128_HMAC_SHA1_80"
+    )
+    with pytest.raises(NotAcceptable, match="no usable SRTP crypto suite") as caught:
+        answer(unusable, ["pcmu"], "192.0.2.1", 40000)
+    assert caught.value.status_code == 488
+    assert "F8_128_HMAC_SHA1_80" in str(caught.value)
+    no_lines = "\n".join(line for line in SDES_OFFER.splitlines() if "crypto" not in line)
+    with pytest.raises(NotAcceptable, match=r"no usable SRTP crypto suite \(offered none\)"):
+        answer(no_lines + "\n", ["pcmu"], "192.0.2.1", 40000)
+
+
+@pytest.mark.parametrize(
+    ("crypto", "message"),
+    [
+        ("1 AES_CM_128_HMAC_SHA1_80 inline:not*base64!", "is not base64"),
+        (
+            "1 AES_CM_128_HMAC_SHA1_80 inline:AAAAAAAAAAAAAAAAAAAAAA==",
+            "is 16 bytes, the suite needs 30",
+        ),
+        ("1 AES_CM_128_HMAC_SHA1_80 uri:https://kms.example/k", "key-params must be inline"),
+        ("x AES_CM_128_HMAC_SHA1_80 inline:AAAA", "is not '<tag> <suite> <key-params>'"),
+        ("1 AES_CM_128_HMAC_SHA1_80", "is not '<tag> <suite> <key-params>'"),
+    ],
+)
+def test_a_bad_crypto_line_is_a_clear_sdp_error(crypto: str, message: str) -> None:
+    offer = SDES_OFFER.replace(
+        "a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:NzB4d1BINUAvLEw6UzF3WSJ+PSdFcGdUJShpX1Zj|2^20",
+        f"a=crypto:{crypto}",
+    )
+    with pytest.raises(SdpError, match=re.escape(message)) as caught:
+        answer(offer, ["pcmu"], "192.0.2.1", 40000)
+    assert not isinstance(caught.value, NotAcceptable)  # malformed, not merely refused
+
+
+def test_our_srtp_offer_and_the_answer_to_it_agree_on_mirrored_keys() -> None:
+    offer = build_offer(["pcmu", "telephone_event"], "192.0.2.1", 30000, srtp=True)
+    section = offer.media[0]
+    assert section.proto == "RTP/SAVP"
+    lines = offer.cryptos(section)
+    assert [(c.tag, c.suite) for c in lines] == [
+        (1, "AES_CM_128_HMAC_SHA1_80"),
+        (2, "AES_CM_128_HMAC_SHA1_32"),
+    ]
+    assert lines[0].key != lines[1].key and all(c.usable for c in lines)
+    answer_sdp, theirs = answer(offer.serialize(), ["pcmu"], "192.0.2.9", 40000)
+    mine = parse_answer(offer, answer_sdp.serialize())
+    assert mine.srtp is not None and theirs.srtp is not None
+    assert mine.srtp.suite == theirs.srtp.suite == "AES_CM_128_HMAC_SHA1_80"
+    assert mine.srtp.local_key == theirs.srtp.remote_key == lines[0].key
+    assert mine.srtp.remote_key == theirs.srtp.local_key
+
+
+def test_answers_that_do_not_match_our_srtp_offer_are_refused() -> None:
+    offer = build_offer(["pcmu"], "192.0.2.1", 30000, srtp=True)
+    answer_sdp, _ = answer(offer.serialize(), ["pcmu"], "192.0.2.9", 40000)
+    text = answer_sdp.serialize()
+    with pytest.raises(NotAcceptable, match="RTP/AVP to our SRTP offer"):
+        parse_answer(offer, text.replace("RTP/SAVP", "RTP/AVP"))
+    with pytest.raises(NotAcceptable, match="no crypto line matching our offer"):
+        parse_answer(offer, text.replace("a=crypto:1 ", "a=crypto:7 "))
+    plain = build_offer(["pcmu"], "192.0.2.1", 30000)
+    with pytest.raises(NotAcceptable, match="RTP/SAVP to our RTP/AVP"):
+        parse_answer(plain, text)
+
+
+def test_a_plain_offer_with_crypto_lines_gets_srtp_only_when_we_want_it() -> None:
+    best_effort = SDES_OFFER.replace("RTP/SAVP", "RTP/AVP")
+    sdp, media = answer(best_effort, ["pcmu"], "192.0.2.1", 40000)
+    assert media.srtp is None and not sdp.media[0].attributes("crypto")
+    sdp, media = answer(best_effort, ["pcmu"], "192.0.2.1", 40000, srtp=True)
+    assert media.srtp is not None and sdp.media[0].proto == "RTP/AVP"
+    assert sdp.media[0].attributes("crypto")[0].startswith("2 AES_CM_128_HMAC_SHA1_32 inline:")
+
+
+def test_a_re_offer_keeps_our_key() -> None:
+    _, first = answer(SDES_OFFER, ["pcmu"], "192.0.2.1", 40000)
+    sdp, again = answer(SDES_OFFER, ["pcmu"], "192.0.2.1", 40000, srtp_key=first.srtp)
+    assert again.srtp == first.srtp
+    assert base64.b64encode(first.srtp.local_key).decode() in sdp.serialize()  # type: ignore[union-attr]
+
+
+def test_crypto_lines_write_back_lifetime_mki_and_params_unchanged() -> None:
+    value = RFC4568_CRYPTO_1
+    crypto = Crypto.parse(value)
+    assert (crypto.lifetime, crypto.mki, crypto.session_params) == (
+        "2^20",
+        "1:4",
+        ("FEC_ORDER=FEC_SRTP",),
+    )
+    assert not crypto.usable and str(crypto) == value
+    unknown = Crypto.parse("3 AES_192_CM_HMAC_SHA1_80 inline:whatever")
+    assert not unknown.usable and str(unknown) == "3 AES_192_CM_HMAC_SHA1_80 inline:whatever"
