@@ -463,6 +463,10 @@ class Config:
     )
     max_frame_size: Annotated[int, _Range(1, 2**31 - 1)] = 1 << 20
     dump_path: str | None = None
+    # outbound SIP over TLS: the CA bundle that signs peers' certificates (the system store
+    # when unset), and whether to check the peer's certificate at all (off: tests only)
+    tls_ca_file: str | None = None
+    tls_verify_server: bool = True
     # command line only (``--call``)
     call: str | None = field(default=None, metadata=_key(cli_only=True))
 

@@ -93,7 +93,15 @@ class TickOutput:
 
 @dataclass(frozen=True, slots=True)
 class MediaStats:
-    """Statistics of the leg for the CDR and ``/metrics``."""
+    """Statistics of the leg for the CDR and ``/metrics``.
+
+    In a call record it is ``extras.rtp`` (:meth:`to_dict`): ``session.receive`` is our view
+    of the remote's current stream (``lost``, ``fraction_lost``, RFC 3550 ``jitter_ms``),
+    ``session.remote`` the remote's last RTCP report on ours (``fraction_lost``,
+    ``cumulative_lost``, ``jitter_ms``, ``rtt_ms``, ``sent_packets``; ``null`` without RTCP),
+    ``session.packets_received_total``/``packets_lost_total``/``jitter_max_ms`` the whole
+    call's, ``session.rtcp_sent``/``rtcp_received`` the reports; ``jitter`` the buffer's.
+    """
 
     session: SessionStats
     jitter: JitterReport

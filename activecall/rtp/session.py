@@ -92,6 +92,9 @@ class RemoteReport:
     cumulative_lost: int
     jitter_ms: float
     rtt_ms: float | None
+    sent_packets: int = 0
+    """Packets we had sent when the report arrived (what ``cumulative_lost`` is out of,
+    give or take those in flight)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +104,19 @@ class SessionStats:
     receive: ReceiveStats
     send: SendStats
     remote: RemoteReport | None
+    rtcp_sent: int = 0
+    """Compound RTCP reports we sent (SR or RR, with a BYE at the end)."""
+    rtcp_received: int = 0
+    """RTCP datagrams received from the remote that parsed (malformed ones raise)."""
+    packets_received_total: int = 0
+    """RTP packets accepted over every source of the call (``receive`` is the current one's)."""
+    packets_lost_total: int = 0
+    """Packets lost over every source of the call (each source's loss, not below 0)."""
+    octets_received_total: int = 0
+    """Payload octets of the packets in ``packets_received_total``."""
+    jitter_max_ms: float = 0.0
+    """The highest interarrival jitter estimate of the call (every source; ``receive`` has the
+    current one's, which is 0 for a source that only sends RFC 4733 events)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (JSON-ready) of the statistics."""
@@ -248,6 +264,12 @@ class RtpSession:
         self._sent_srs: dict[int, float] = {}
         self._remote_report: RemoteReport | None = None
         self._next_rtcp_ms: float | None = None
+        self._rtcp_sent = 0
+        self._rtcp_received = 0
+        self._accepted = 0  # RTP packets accepted, every source
+        self._accepted_octets = 0
+        self._jitter_peak = 0.0  # timestamp units, like _Source.jitter
+        self._earlier_lost = 0  # loss of the sources before the current one
         self.remote_bye = False
         self.remote_rtp: Address | None = None
         self.remote_rtcp: Address | None = None
@@ -322,15 +344,20 @@ class RtpSession:
             # Two packets in sequence: the new source takes over (re-INVITE, transfer, ...).
             self._candidate = None
             self._ssrc_changes += 1
+            self._earlier_lost += max(0, src.lost)
             self._last_sr = None
             src = self._source = _Source(packet.ssrc, packet.sequence_number)
         if not src.update_seq(packet.sequence_number):
             self._dropped += 1
             return None
+        self._accepted += 1
+        self._accepted_octets += len(packet.payload)
         src.octets += len(packet.payload)
         if packet.payload_type not in self.event_payload_types:
             # RFC 4733 events repeat their start timestamp: they would count as jitter.
             src.update_jitter(now_ms * self.clock_rate / 1000.0, packet.timestamp)
+            if src.jitter > self._jitter_peak:
+                self._jitter_peak = src.jitter
         return packet
 
     def receive_rtcp(self, data: bytes, source: Address, now_ms: float) -> list[RtcpPacket]:
@@ -344,6 +371,7 @@ class RtpSession:
                 self._dropped += 1
                 return packets
             self.remote_rtcp = source  # symmetric RTCP
+        self._rtcp_received += 1
         src = self._source
         for packet in packets:
             if isinstance(packet, SenderReport) and src is not None and packet.ssrc == src.ssrc:
@@ -366,6 +394,7 @@ class RtpSession:
             cumulative_lost=block.cumulative_lost,
             jitter_ms=block.jitter * 1000.0 / self.clock_rate,
             rtt_ms=rtt,
+            sent_packets=self._sent_packets,
         )
 
     # ----------------------------------------------------------------------------- send
@@ -444,6 +473,7 @@ class RtpSession:
         else:
             first = ReceiverReport(self.ssrc, blocks)
         self._sent_since_report = False
+        self._rtcp_sent += 1
         cname = self.cname.encode()[:255]
         packets: list[RtcpPacket] = [
             first,
@@ -496,7 +526,18 @@ class RtpSession:
                 dropped=self._dropped,
             )
         send = SendStats(self.ssrc, self._sent_packets, self._sent_octets)
-        return SessionStats(receive, send, self._remote_report)
+        lost = self._earlier_lost + (max(0, src.lost) if src is not None else 0)
+        return SessionStats(
+            receive,
+            send,
+            self._remote_report,
+            rtcp_sent=self._rtcp_sent,
+            rtcp_received=self._rtcp_received,
+            packets_received_total=self._accepted,
+            packets_lost_total=lost,
+            octets_received_total=self._accepted_octets,
+            jitter_max_ms=self._jitter_peak * 1000.0 / self.clock_rate,
+        )
 
 
 def ntp_middle(wall_time: float) -> int:

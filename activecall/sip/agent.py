@@ -67,6 +67,7 @@ from activecall.sip.message import (
     parse,
     response_to,
 )
+from activecall.sip.stats import SipStats
 from activecall.sip.transaction import (
     Action,
     ClientInviteTransaction,
@@ -92,6 +93,7 @@ __all__ = [
     "ALLOW",
     "CALL_TRANSITIONS",
     "REGISTER_RETRY_S",
+    "REGISTRATION_STATES",
     "CallGone",
     "CallSignal",
     "CallState",
@@ -105,7 +107,7 @@ __all__ = [
 ]
 
 Peer: TypeAlias = tuple[str, str, int]
-"""Transport (``UDP``/``TCP``), host, port: where a message came from or goes to."""
+"""Transport (``UDP``/``TCP``/``TLS``), host, port: where a message came from or goes to."""
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, MESSAGE, REFER, UPDATE, NOTIFY"
 """The methods this agent understands (``Allow``)."""
@@ -129,6 +131,9 @@ _CALL_ID_CHARS = re.compile(
 _MAX_SESSION_ID = 256
 REGISTER_RETRY_S = 60.0
 """How long after a failed REGISTER the next one is sent."""
+REGISTRATION_STATES = ("pending", "registered", "failed", "unregistering")
+"""Where a registration is: first REGISTER not answered yet, bound, last attempt refused or
+unanswered (retrying), un-REGISTER sent."""
 _NO_ANSWER_S = 32.0  # how long a BYE or CANCEL we sent may stay unanswered before we forget
 
 
@@ -236,6 +241,8 @@ class _Call:
     ack: bytes = b""  # the ACK for the 2xx, resent on a 2xx retransmission
     update_tx: ServerTransaction | None = None  # a re-INVITE/UPDATE the session answers
     deadline: float | None = None  # accept timeout (inbound), or when to give up waiting
+    answered: bool = False  # reached ANSWERED once (for the call counters)
+    contact: str | None = None  # our Contact when a trunk rule rewrote it
 
 
 @dataclass(slots=True)
@@ -259,6 +266,7 @@ class _Registration:
     active: bool = True  # False once un-registering
     deadline: float | None = None  # refresh or retry
     in_flight: bool = False
+    status: str = "pending"  # REGISTRATION_STATES: for the registration gauges
 
 
 @dataclass(slots=True)
@@ -290,6 +298,8 @@ class SipAgent:
     ) -> None:
         self.contact_host = contact_host
         self.port = port
+        self.tls_port: int | None = None
+        """The SIP-over-TLS port, when there is a TLS listener (Via and Contact over TLS)."""
         self.user_agent = user_agent
         self.accept_timeout = accept_timeout
         self.timer_values = timers or TimerValues()
@@ -300,7 +310,8 @@ class SipAgent:
         self._tx: dict[Transaction, _TxInfo] = {}
         self._registrations: dict[str, _Registration] = {}
         self._timers = _Timers()
-        self.stats = {"received": 0, "malformed": 0, "answered_malformed": 0}
+        self.stats = SipStats()
+        """Counters for ``/metrics`` (see :mod:`activecall.sip.stats`)."""
 
     # --- queries ---------------------------------------------------------------------------
 
@@ -320,6 +331,25 @@ class SipAgent:
         """The calls the agent knows."""
         return list(self._calls)
 
+    def call_counts(self) -> dict[str, int]:
+        """Calls the agent knows, by state (``incoming``, ``calling``, ``answered``)."""
+        counts = dict.fromkeys((s.value for s in CallState if s is not CallState.ENDED), 0)
+        for call in self._calls.values():
+            counts[call.state.value] = counts.get(call.state.value, 0) + 1
+        return counts
+
+    @property
+    def dialog_count(self) -> int:
+        """Confirmed dialogs (calls answered and not yet over)."""
+        return len(self._dialogs)
+
+    def registration_counts(self) -> dict[str, int]:
+        """``register_users`` bindings by :data:`REGISTRATION_STATES`."""
+        counts = dict.fromkeys(REGISTRATION_STATES, 0)
+        for reg in self._registrations.values():
+            counts[reg.status] += 1
+        return counts
+
     def next_deadline(self) -> float | None:
         """When :meth:`tick` next has work."""
         heap = self._timers.heap
@@ -337,7 +367,6 @@ class SipAgent:
 
     def receive(self, data: bytes, peer: Peer, now: float) -> list[Output]:
         """One datagram (or one framed stream message) from ``peer``."""
-        self.stats["received"] += 1
         try:
             message = parse(data)
         except SipParseError as exc:
@@ -346,20 +375,24 @@ class SipAgent:
 
     def malformed(self, error: SipParseError, peer: Peer) -> list[Output]:
         """Answer a message that did not parse, when it is a request that can be answered."""
-        self.stats["malformed"] += 1
+        self.stats.messages_received += 1
         response = error.response()
-        if response is None:
-            return []
         try:
-            data = response.serialize()
+            data = response.serialize() if response is not None else b""
         except GrammarError:
+            data = b""
+        if not data:
+            self.stats.malformed_dropped += 1
             return []
-        self.stats["answered_malformed"] += 1
+        self.stats.malformed_answered += 1
+        self.stats.sent(data)
         # To the source, not the Via: a message this broken may lie about where it came from.
         return [Transmit(data, peer)]
 
     def receive_message(self, message: SipMessage, peer: Peer, now: float) -> list[Output]:
         """A parsed message from ``peer``."""
+        self.stats.messages_received += 1
+        self.stats.received(message)
         try:
             if isinstance(message, SipResponse):
                 return self._receive_response(message, now)
@@ -371,11 +404,25 @@ class SipAgent:
                 return self._stateless(message, peer, 400, f"Bad Request ({exc})"[:100])
             return []
 
+    def transport_failed(self, peer: Peer, now: float) -> list[Output]:
+        """No connection to ``peer`` could be made (refused, TLS handshake or certificate
+        failed): the client transactions sending there fail (an INVITE is rejected 503)."""
+        failed = [
+            tx
+            for tx, info in self._tx.items()
+            if info.peer == peer and isinstance(tx, ClientTransaction)
+        ]
+        out: list[Output] = []
+        for tx in failed:
+            out += self._actions(tx, self.transactions.transport_failed(tx, now), now)
+        return out
+
     def tick(self, now: float) -> list[Output]:
         """Fire the transaction timers and call deadlines due at ``now``."""
         out: list[Output] = []
         for tx, action in self.transactions.tick(now):
-            out += self._actions(tx, [action], now)
+            # What a timer sends is always a retransmission (timers A, E, G, the 2xx timer).
+            out += self._actions(tx, [action], now, retransmission=True)
         heap = self._timers.heap
         while heap and heap[0][0] <= now:
             entry = heapq.heappop(heap)
@@ -400,8 +447,10 @@ class SipAgent:
         now: float,
         credentials: tuple[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
+        contact: Callable[[SipUri], SipUri] | None = None,
     ) -> list[Output]:
-        """Place an outbound call to ``callee`` (a SIP URI) through ``target``.
+        """Place an outbound call to ``callee`` (a SIP URI) through ``target``; ``contact``
+        rewrites our Contact URI for the whole dialog (a trunk rule's ``rewrite.contact``).
 
         Raises ``ValueError`` for a bad URI or header, or a session id already in use.
         """
@@ -424,7 +473,10 @@ class SipAgent:
         request_headers.add("To", str(Address(uri)))
         request_headers.add("Call-ID", call_id)
         request_headers.add("CSeq", "1 INVITE")
-        request_headers.add("Contact", self._contact(target, local))
+        our_contact = self._contact_uri(target, local, secure=uri.secure)
+        rewritten = contact(our_contact) if contact is not None else None
+        contact_text = f"<{rewritten or our_contact}>"
+        request_headers.add("Contact", contact_text)
         request_headers.add("Allow", ALLOW)
         request_headers.add("User-Agent", self.user_agent)
         for name, value in (headers or {}).items():
@@ -441,8 +493,10 @@ class SipAgent:
             local_tag=tag,
             local_sdp=sdp,
             credentials=credentials,
+            contact=contact_text if rewritten is not None else None,
         )
         self._calls[session_id] = call
+        self.stats.call_started(inbound=False)
         return self._start_client(call, request, "invite", now)
 
     def ringing(self, session_id: str, sdp: str | None, now: float) -> list[Output]:
@@ -494,7 +548,10 @@ class SipAgent:
         response = response_to(
             tx.request,
             200,
-            headers=[("Contact", self._contact(call.peer)), ("Content-Type", "application/sdp")],
+            headers=[
+                ("Contact", call.contact or self._contact(call.peer, secure=_secure(call))),
+                ("Content-Type", "application/sdp"),
+            ],
             body=sdp.encode(),
         )
         return self._respond(tx, response, now)
@@ -588,6 +645,7 @@ class SipAgent:
             return []
         reg.active = False
         reg.challenged = False
+        reg.status = "unregistering"
         return self._send_register(reg, now)
 
     @property
@@ -651,6 +709,7 @@ class SipAgent:
         if status >= 300:
             return self._retry_register(reg, status, now)
         granted = _granted_expires(response, reg.expires)
+        reg.status = "registered"
         reg.deadline = now + 0.75 * granted
         self._timers.add(reg.deadline, reg.key, "reg")
         return [RegistrationState(reg.key, True, status, granted)]
@@ -660,6 +719,7 @@ class SipAgent:
         if not reg.active:
             del self._registrations[reg.key]
             return [RegistrationState(reg.key, False, status)]
+        reg.status = "failed"
         reg.deadline = now + REGISTER_RETRY_S
         self._timers.add(reg.deadline, reg.key, "reg")
         return [RegistrationState(reg.key, False, status)]
@@ -670,8 +730,11 @@ class SipAgent:
         if peer[0] == "UDP":
             request.stamp_source(peer[1], peer[2])
         tx, actions = self.transactions.receive(request, now)
-        if tx is not None:
-            return self._actions(tx, actions, now)  # a retransmission, or a non-2xx's ACK
+        if tx is not None:  # a retransmission, or a non-2xx's ACK
+            again = request.method != "ACK"
+            if again:
+                self.stats.retransmissions_received += 1
+            return self._actions(tx, actions, now, retransmission=again)
         if request.method == "ACK":
             return self._ack(request, now)
         if request.method == "CANCEL":
@@ -779,6 +842,7 @@ class SipAgent:
             deadline=now + self.accept_timeout,
         )
         self._calls[session_id] = call
+        self.stats.call_started(inbound=True)
         self._timers.add(now + self.accept_timeout, session_id)
         extra = {name: value for name, value in request.headers if not standard_header(name)}
         return [
@@ -806,7 +870,7 @@ class SipAgent:
                 request,
                 200,
                 headers=[
-                    ("Contact", self._contact(call.peer)),
+                    ("Contact", call.contact or self._contact(call.peer, secure=_secure(call))),
                     ("Content-Type", "application/sdp"),
                 ],
                 body=call.local_sdp.encode(),
@@ -849,11 +913,17 @@ class SipAgent:
     def _receive_response(self, response: SipResponse, now: float) -> list[Output]:
         tx, actions = self.transactions.receive(response, now)
         if tx is not None:
+            if response.status >= 200 and not any(isinstance(a, Deliver) for a in actions):
+                # A final response the transaction already had: it only re-ACKs a failure.
+                self.stats.retransmissions_received += 1
+                return self._actions(tx, actions, now, retransmission=True)
             return self._actions(tx, actions, now)
         # No transaction: a 2xx retransmission after the INVITE transaction ended.
         if response.cseq.method == "INVITE" and 200 <= response.status < 300:
             call = self._dialogs.get(response_dialog_id(response))
             if call is not None and call.ack:
+                self.stats.retransmissions_received += 1
+                self.stats.sent(call.ack, retransmission=True)
                 return [Transmit(call.ack, call.peer)]
         return []
 
@@ -912,6 +982,8 @@ class SipAgent:
         self, call: _Call, tx: ClientTransaction, response: SipResponse, now: float
     ) -> list[Output]:
         if call.ack:  # a retransmission (or another fork's 2xx): ACK again, nothing more
+            self.stats.retransmissions_received += 1
+            self.stats.sent(call.ack, retransmission=True)
             return [Transmit(call.ack, call.peer)]
         if call.dialog is not None and call.dialog.id == response_dialog_id(response):
             call.dialog.receive_response(response)
@@ -926,9 +998,10 @@ class SipAgent:
         ]
         ack = dialog.create_ack(tx.request.cseq.seq, via=self._via(call.peer), headers=credentials)
         call.ack = ack.serialize()
+        self.stats.sent(call.ack)
         out: list[Output] = [Transmit(call.ack, call.peer)]
         if call.hung_up:  # the session ended while we were calling: end the leg at once
-            call.state = CallState.ANSWERED
+            self._move(call, "2xx")
             self._move(call, "hangup")
             return out + self._bye(call, now, None)
         self._move(call, "2xx")
@@ -937,7 +1010,13 @@ class SipAgent:
     # --- transaction plumbing --------------------------------------------------------------
 
     def _actions(
-        self, tx: Transaction, actions: Iterable[Action], now: float, *, deliver: bool = True
+        self,
+        tx: Transaction,
+        actions: Iterable[Action],
+        now: float,
+        *,
+        deliver: bool = True,
+        retransmission: bool = False,
     ) -> list[Output]:
         out: list[Output] = []
         info = self._tx.get(tx)
@@ -947,6 +1026,7 @@ class SipAgent:
         for action in actions:
             if isinstance(action, Send):
                 if info is not None:
+                    self.stats.sent(action.data, retransmission=retransmission)
                     out.append(Transmit(action.data, info.peer))
             elif isinstance(action, Deliver):
                 if not deliver:
@@ -1031,6 +1111,7 @@ class SipAgent:
             data = response_to(request, status, reason).serialize()
         except (GrammarError, ValueError):
             return []
+        self.stats.sent(data)
         return [Transmit(data, peer)]
 
     # --- helpers ---------------------------------------------------------------------------
@@ -1046,7 +1127,10 @@ class SipAgent:
     ) -> SipResponse:
         headers: list[tuple[str, str]] = []
         if 100 < status < 300:
-            headers += [("Contact", self._contact(call.peer)), ("Allow", ALLOW)]
+            headers += [
+                ("Contact", call.contact or self._contact(call.peer, secure=_secure(call))),
+                ("Allow", ALLOW),
+            ]
         headers.append(("Server", self.user_agent))
         if body:
             headers.append(("Content-Type", "application/sdp"))
@@ -1106,36 +1190,58 @@ class SipAgent:
         next_state = CALL_TRANSITIONS.get((call.state, event))
         if next_state is None:
             raise ValueError(f"call {call.session_id}: {event!r} in state {call.state.value}")
+        if next_state is CallState.ANSWERED and not call.answered:
+            call.answered = True
+            self.stats.call_answered(call.inbound)
         call.state = next_state
 
     def _forget(self, call: _Call) -> list[Output]:
         if self._calls.get(call.session_id) is not call:
             return []
         del self._calls[call.session_id]
+        if not call.answered:
+            self.stats.call_failed(call.inbound)
         if call.dialog is not None and self._dialogs.get(call.dialog.id) is call:
             del self._dialogs[call.dialog.id]
         call.state = CallState.ENDED
         call.deadline = None
         return [CallGone(call.session_id)]
 
-    def _via(self, peer: Peer) -> Via:
-        return Via.new(peer[0], self.contact_host(peer[1]), self.port)
+    def _port_for(self, transport: str) -> int:
+        return self.tls_port if transport == "TLS" and self.tls_port else self.port
 
-    def _contact(self, peer: Peer, local: Address | None = None) -> str:
+    def _via(self, peer: Peer) -> Via:
+        return Via.new(peer[0], self.contact_host(peer[1]), self._port_for(peer[0]))
+
+    def _contact(self, peer: Peer, local: Address | None = None, *, secure: bool = False) -> str:
+        """Our Contact header value for ``peer`` (see :meth:`_contact_uri`)."""
+        return f"<{self._contact_uri(peer, local, secure=secure)}>"
+
+    def _contact_uri(
+        self, peer: Peer, local: Address | None = None, *, secure: bool = False
+    ) -> SipUri:
+        """Our Contact URI for ``peer``: ``sips:`` when the dialog's Request-URI is (RFC 3261
+        §8.1.1.8), else ``sip:`` with the transport named unless it is UDP."""
         user = None
         if local is not None and isinstance(local.uri, SipUri):
             user = local.uri.user
         params: tuple[tuple[str, str | None], ...] = ()
-        if peer[0] != "UDP":
+        scheme = "sips" if secure and peer[0] == "TLS" else "sip"
+        if peer[0] != "UDP" and scheme == "sip":
             params = (("transport", peer[0].lower()),)
-        uri = SipUri(self.contact_host(peer[1]), user or "activecall", self.port, params)
-        return f"<{uri}>"
+        host, port = self.contact_host(peer[1]), self._port_for(peer[0])
+        return SipUri(host, user or "activecall", port, params, scheme=scheme)
 
     def _response_peer(self, request: SipRequest, source: Peer) -> Peer:
         if source[0] != "UDP":
             return source  # the same connection
         host, port = request.top_via.response_target()
         return (source[0], host, port)
+
+
+def _secure(call: _Call) -> bool:
+    """Whether the call's INVITE went to a ``sips:`` URI (its Contacts must be ``sips:``)."""
+    return isinstance(call.invite.uri, SipUri) and call.invite.uri.secure
 
 
 def _granted_expires(response: SipResponse, asked: int) -> int:

@@ -31,6 +31,7 @@ def run(config: Config) -> int:
 async def serve(config: Config, *, ready: asyncio.Event | None = None) -> int:
     """Run the node on the current loop until SIGINT/SIGTERM (or ``stop`` is set)."""
     from activecall.config import LocalCallRecord
+    from activecall.supervisor.call_metrics import register_media_metrics, register_sip_metrics
     from activecall.supervisor.directory import CallDirectory
     from activecall.supervisor.http import HttpRequest, HttpResponse, serve_http
     from activecall.supervisor.metrics import LATENCY_BUCKETS, Registry, watch_loop_lag
@@ -48,6 +49,7 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> int:
         media_cache_dir=Path(config.media_cache_path),
         callrecord_dir=Path(callrecord.root) if isinstance(callrecord, LocalCallRecord) else None,
         ice_servers=tuple(server.to_json() for server in config.ice_servers),
+        ambiance=config.ambiance,
     )
     registry = Registry()
     lag = registry.histogram(
@@ -58,6 +60,7 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> int:
     pool = WorkerPool(config.workers, WorkerOptions(session_factory=session_factory(settings)))
     pool.start()
     directory = CallDirectory(pool, registry)
+    register_media_metrics(registry, lambda: pool.stats().media)
     host, port = config.http_bind
     try:
         front = await serve_http(
@@ -88,7 +91,13 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> int:
         if name == "console.html":
             front.add_page("/", body, content_type)
     sip = SipService(config, directory)
-    await sip.start()
+    register_sip_metrics(registry, sip.agent, sip.connection_counts)
+    try:
+        await sip.start()
+    except OSError:  # a taken SIP port, an unusable TLS file: free the workers' rings first
+        await front.close()
+        await pool.stop(timeout=1.0)
+        raise
     directory.sip = sip
     front.add_call_route("/call/sip", "sip")
     lag_watch = watch_loop_lag(lag)

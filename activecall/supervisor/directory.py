@@ -47,8 +47,9 @@ _SIP_RECORD = b'{"op":"sip"'
 class SipSignalling(Protocol):
     """What the directory needs from the SIP service (:mod:`activecall.supervisor.sip`)."""
 
-    def open_params(self, session_id: str) -> dict[str, Any]:
-        """The ``sip`` and ``media`` open params of a ``/call/sip`` session."""
+    def open_params(self, session_id: str, call_type: str = "sip") -> dict[str, Any]:
+        """The ``sip`` and ``media`` open params of a ``/call/sip`` session; only ``media``
+        (where a ``refer`` leg binds RTP) for other calls."""
         ...
 
     def on_action(self, session_id: str, record: dict[str, Any]) -> None:
@@ -56,7 +57,8 @@ class SipSignalling(Protocol):
         ...
 
     def session_ended(self, session_id: str) -> None:
-        """The session is over (ended, or its worker died): end its SIP leg if still up."""
+        """The session is over (ended, or its worker died): end its SIP legs (the call's,
+        its refer leg's) if still up."""
         ...
 
 
@@ -262,8 +264,9 @@ class CallDirectory:
             "ping": params.ping_interval,
             "serverSideTrack": params.server_side_track,
         }
-        if call_type == "sip" and self.sip is not None:
-            wire_params.update(self.sip.open_params(params.session_id))
+        if self.sip is not None and call_type != "precache":
+            # SIP calls join their signalling; any call may dial a refer leg.
+            wire_params.update(self.sip.open_params(params.session_id, call_type))
         if self.playbook_runs is not None:
             wire_params.update(self.playbook_runs.take(params.session_id, time.monotonic()))
         wire_params.update(extra or {})
@@ -346,7 +349,7 @@ class CallDirectory:
     def _forget(self, call: LiveCall) -> None:
         if self.calls.get(call.session_id) is call:
             del self.calls[call.session_id]
-            if call.call_type == "sip" and self.sip is not None:
+            if self.sip is not None:  # any call may have a refer leg
                 self.sip.session_ended(call.session_id)
 
     def _register_metrics(self, registry: Registry) -> None:

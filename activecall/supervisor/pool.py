@@ -26,8 +26,9 @@ import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from itertools import zip_longest
 from multiprocessing.process import BaseProcess
 from typing import Any, Protocol
 
@@ -40,6 +41,7 @@ from activecall.workers import control
 from activecall.workers.worker import WorkerOptions, worker_main
 
 __all__ = [
+    "MediaTotals",
     "PoolFull",
     "PoolStats",
     "SessionRoute",
@@ -135,6 +137,69 @@ class SessionRoute:
             self._worker.control(self.slot, control.encode(control.OP_KILL))
 
 
+@dataclass(frozen=True, slots=True)
+class MediaTotals:
+    """RTP and WebRTC counters of workers' calls (:mod:`activecall.workers.media_stats`).
+
+    ``counters`` and ``histograms`` (name → per-bucket counts, +Inf last, and the sum) only
+    grow: they are carried over worker restarts. ``live`` is about the calls up now.
+    """
+
+    counters: Mapping[str, int] = field(default_factory=dict)
+    histograms: Mapping[str, tuple[tuple[int, ...], float]] = field(default_factory=dict)
+    live: Mapping[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_heartbeat(cls, media: Any) -> MediaTotals:
+        """The ``media`` field of a worker heartbeat (anything malformed reads as nothing)."""
+        if not isinstance(media, dict):
+            return cls()
+        counters = _numbers(media.get("totals"), int)
+        live = _numbers(media.get("live"), float)
+        histograms: dict[str, tuple[tuple[int, ...], float]] = {}
+        hist = media.get("hist")
+        for name, value in hist.items() if isinstance(hist, dict) else ():
+            counts = value.get("counts") if isinstance(value, dict) else None
+            total = value.get("sum") if isinstance(value, dict) else None
+            if isinstance(counts, list) and all(isinstance(c, int) for c in counts):
+                sum_ = float(total) if isinstance(total, int | float) else 0.0
+                histograms[str(name)] = (tuple(counts), sum_)
+        return cls(counters, histograms, live)
+
+    @classmethod
+    def combine(cls, parts: Iterable[MediaTotals], *, live: bool = True) -> MediaTotals:
+        """Sums of ``parts`` (live call counts summed, live maxima the largest)."""
+        counters: dict[str, int] = {}
+        histograms: dict[str, tuple[tuple[int, ...], float]] = {}
+        gauges: dict[str, float] = {}
+        for part in parts:
+            for name, value in part.counters.items():
+                counters[name] = counters.get(name, 0) + value
+            for name, (counts, sum_) in part.histograms.items():
+                old_counts, old_sum = histograms.get(name, ((), 0.0))
+                merged = tuple(a + b for a, b in zip_longest(old_counts, counts, fillvalue=0))
+                histograms[name] = (merged, old_sum + sum_)
+            for name, gauge in part.live.items() if live else ():
+                if name in _LIVE_MAXIMA:
+                    gauges[name] = max(gauges.get(name, 0.0), gauge)
+                else:
+                    gauges[name] = gauges.get(name, 0.0) + gauge
+        return cls(counters, histograms, gauges)
+
+
+_LIVE_MAXIMA = frozenset(("jitterMaxMs", "remoteLossMax"))  # the other live gauges add up
+
+
+def _numbers(value: Any, kind: type[int] | type[float]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        return {}
+    return {
+        str(k): kind(v)
+        for k, v in value.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WorkerStats:
     """One worker index (its current process, counters carried over its restarts)."""
@@ -164,6 +229,8 @@ class WorkerStats:
     lag_us_p99: int
     lag_us_max: int
     heartbeat_age_s: float | None
+    media: MediaTotals = field(default_factory=MediaTotals)
+    """RTP/WebRTC counters of the worker's calls, carried over its restarts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,13 +274,18 @@ class PoolStats:
         """Audio frames dropped on the way back."""
         return sum(w.dropped_audio_out for w in self.workers)
 
+    @property
+    def media(self) -> MediaTotals:
+        """RTP/WebRTC counters over every worker."""
+        return MediaTotals.combine(w.media for w in self.workers)
+
 
 class _Worker:
     """One worker index: its CPU, the process currently serving it and that process's rings."""
 
     __slots__ = (
-        "carried", "cpu", "exited", "free", "heartbeat", "inbound", "index", "killed",
-        "last_heard_ns", "outbound", "process", "quick_deaths", "ready", "ready_future",
+        "carried", "carried_media", "cpu", "exited", "free", "heartbeat", "inbound", "index",
+        "killed", "last_heard_ns", "outbound", "process", "quick_deaths", "ready", "ready_future",
         "respawn", "restarts", "routes",
     )  # fmt: skip
 
@@ -235,6 +307,7 @@ class _Worker:
         self.quick_deaths = 0
         self.respawn: asyncio.TimerHandle | None = None
         self.carried = dict.fromkeys((*_CARRIED, "dropped_audio_in"), 0)
+        self.carried_media = MediaTotals()
 
     def control(self, slot: int, payload: bytes) -> None:
         self.inbound.send(slot, KIND_CONTROL, payload)
@@ -246,6 +319,11 @@ class _Worker:
         else:
             live = int(self.heartbeat.get(_CARRIED[name], 0))
         return self.carried[name] + live
+
+    def media(self) -> MediaTotals:
+        """Media counters over every process this index had, live gauges of the current one."""
+        live = MediaTotals.from_heartbeat(self.heartbeat.get("media"))
+        return MediaTotals.combine((self.carried_media, live))
 
 
 class WorkerPool:
@@ -408,6 +486,7 @@ class WorkerPool:
                     lag_us_p99=int(lag.get("p99", 0)),
                     lag_us_max=int(lag.get("max", 0)),
                     heartbeat_age_s=(now - w.last_heard_ns) / 1e9 if w.ready else None,
+                    media=w.media(),
                     **counters,
                 )
             )
@@ -543,6 +622,8 @@ class WorkerPool:
         )
         for name in worker.carried:
             worker.carried[name] = worker.counter(name)
+        # Only what only grows is carried; the dead process's live gauges are gone with it.
+        worker.carried_media = MediaTotals.combine((worker.media(),), live=False)
         for ring in (worker.inbound, worker.outbound):
             ring.close()
             ring.unlink()

@@ -47,7 +47,12 @@ op                        direction    fields
 A ``sip`` call's ``open`` params carry ``sip``: ``{"direction": "inbound", "caller",
 "callee", "offer", "headers"}`` (the pending INVITE the WebSocket joins) or ``{"direction":
 "outbound"}``, and ``media``: ``{"ip", "bindIp", "ports": [first, last], "workers",
-"codecs", "latching"}`` (each worker binds RTP ports in its share of ``ports``).
+"codecs", "latching"}`` (each worker binds RTP ports in its share of ``ports``). When the
+node runs SIP, other calls' params carry ``media`` too: a ``refer`` leg needs it.
+
+A ``refer`` transfer leg (:mod:`activecall.workers.refer_leg`) is a second dialog of the same
+session: its ``sip`` records, both ways, carry ``leg: "refer"``, and its ``invite`` also
+``callId`` (the leg's Call-ID, which keys it in the supervisor's agent).
 
 A worker sends its first ``heartbeat`` as soon as it is ready to run sessions, then one every
 500 ms.

@@ -33,11 +33,13 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from activecall.config import AmbianceOption
+from activecall.media.ambiance import BACKGROUNDS, Ambiance, ambiance_option
 from activecall.media.codec import FRAME_SAMPLES, INTERNAL_RATE, CallCodec, Pcm, Reframer
 from activecall.media.dump import (
     CallRecord,
@@ -53,7 +55,13 @@ from activecall.media.enhance import (
     make_denoiser,
     make_gain_control,
 )
-from activecall.media.playback import MediaCache, PlaybackError, PlaybackTrack, decode_audio_file
+from activecall.media.playback import (
+    MediaCache,
+    PlaybackError,
+    PlaybackTrack,
+    TrackState,
+    decode_audio_file,
+)
 from activecall.media.recorder import WavRecorder, recording_path, safe_file_name
 from activecall.media.vad import Silence, Speaking, VadOption, VadProcessor
 from activecall.protocol import (
@@ -64,6 +72,7 @@ from activecall.protocol import (
     CommandError,
     CustomCommand,
     CustomEvent,
+    DtmfEvent,
     ErrorEvent,
     Event,
     HangupCommand,
@@ -76,6 +85,7 @@ from activecall.protocol import (
     MuteCommand,
     PauseCommand,
     PlayCommand,
+    ReferCommand,
     ResumeCommand,
     SilenceEvent,
     SpeakingEvent,
@@ -87,8 +97,12 @@ from activecall.protocol import (
     parse_command,
 )
 from activecall.protocol.options import encode as encode_option
+from activecall.workers import control
 from activecall.workers.realtime_call import RealtimeAgent
 from activecall.workers.voice import Recognizer, SpeechTrack
+
+if TYPE_CHECKING:
+    from activecall.workers.refer_leg import ReferLeg, ReferParties
 
 __all__ = ["CallSession", "CallState", "SessionPort", "SessionSettings", "session_factory"]
 
@@ -97,12 +111,11 @@ log = logging.getLogger(__name__)
 VAD_CHUNK = 512
 CHUNK_MS = VAD_CHUNK * 1000 // INTERNAL_RATE
 DEFAULT_INACTIVITY_S = 50
-# Commands of SIP and WebRTC calls, and those that need a second call (bridge, refer).
+# Commands of SIP and WebRTC calls, and those that need a second call (bridge).
 _NOT_ON_WEBSOCKET = {
     "accept",
     "reject",
     "ringing",
-    "refer",
     "message",
     "addIceCandidate",
     "sendDtmf",
@@ -165,6 +178,8 @@ class SessionSettings:
     callrecord_dir: Path | None = None
     ice_servers: tuple[Mapping[str, Any], ...] = ()
     """ICE servers of WebRTC calls' peers (``[[ice_servers]]``; none: host candidates)."""
+    ambiance: AmbianceOption | None = None
+    """``[ambiance]``: the background of calls whose option has none (merged field by field)."""
 
 
 @dataclass(slots=True)
@@ -243,7 +258,10 @@ class CallSession:
         self._loading = 0  # generation of the newest play request, to drop stale decodes
         self._caller_muted = False
         self._agent_muted = False
+        self._refer: ReferLeg | None = None  # the transfer leg (kept once over, for the CDR)
+        self._refer_moh = 0  # generation of the newest refer, to drop a stale MOH decode
         self._warned_early_audio = False
+        self._ambiance: Ambiance | None = None
         self._dump = (
             EventDump(self.settings.dump_dir / f"{safe_file_name(session_id)}.events.jsonl")
             if dump
@@ -288,6 +306,8 @@ class CallSession:
         self._timers.last_audio_ms = now
         if self._caller_muted:
             pcm = np.zeros_like(pcm)
+        if self._refer is not None and self._refer.answered:
+            self._refer.caller_audio(pcm)
         vad = self._vad
         if vad is not None and vad.first_audio_ms is None:
             vad.first_audio_ms = now
@@ -380,6 +400,9 @@ class CallSession:
         agent = self._next_agent_frame(now_ms)
         if self._agent_muted:
             agent = None
+        elif self._ambiance is not None and not self._transferring():
+            # part of the server-side track: the caller, the recorder and subscribers hear it
+            agent = self._ambiance.mix(agent, self._agent_active(agent))
         self._send_agent(agent)
         if self._recorder is not None:
             self._record(agent)
@@ -424,7 +447,14 @@ class CallSession:
                 CustomEvent(timestamp=self.port.now_ms(), sender=command.sender, data=command.data)
             )
         elif isinstance(command, HangupCommand):
-            self.hangup(reason=command.reason or "caller", initiator=command.initiator or "caller")
+            if command.refer:
+                self._hangup_refer(command.headers)
+            else:
+                self.hangup(
+                    reason=command.reason or "caller", initiator=command.initiator or "caller"
+                )
+        elif isinstance(command, ReferCommand):
+            self._start_refer(command)
         elif name in _NOT_ON_WEBSOCKET:
             raise CommandError(f"'{name}' is not available on a {self.call_type} call", name)
         else:  # pragma: no cover - every command is listed above
@@ -511,6 +541,7 @@ class CallSession:
         self._timers.last_audio_ms = now
         self.track_start()
         self._emit(AnswerEvent(track_id=self.id, timestamp=now, sdp=sdp))
+        self._start_ambiance(option)
 
     def _start_agc(self, agc: Mapping[str, Any]) -> None:
         known = {k: v for k, v in agc.items() if k in AGC_KEYS}  # unknown keys: PROTOCOL rule 3
@@ -535,6 +566,48 @@ class CallSession:
             self._error("recorder", f"cannot record to {path}: {exc}")
             return
         self.port.note_file("recorder", str(self._recorder.path))
+
+    def _start_ambiance(self, option: CallOption) -> None:
+        try:
+            ambiance = ambiance_option(option.ambiance, self.settings.ambiance)
+        except ValueError as exc:
+            self._error("ambiance", f"{exc}: no ambiance for this call")
+            return
+        if ambiance is None or ambiance.path is None:
+            return
+        future = self.port.run_blocking(
+            functools.partial(
+                BACKGROUNDS.load, ambiance.path, cache_dir=self.settings.media_cache_dir
+            )
+        )
+
+        def done(fut: Future[Any]) -> None:
+            self.port.call_soon(lambda: self._ambiance_ready(ambiance, fut))
+
+        future.add_done_callback(done)
+
+    def _ambiance_ready(self, option: AmbianceOption, fut: Future[Any]) -> None:
+        if self.state is not CallState.ANSWERED:
+            return
+        try:
+            self._ambiance = Ambiance.from_option(option, fut.result())
+        except PlaybackError as exc:
+            self._error("ambiance", f"{exc}: no ambiance for this call")
+        except Exception as exc:  # a bad background must never end the call
+            log.exception("decoding the ambiance %s failed", option.path)
+            self._error("ambiance", f"cannot play {option.path}: {exc}: no ambiance for this call")
+
+    def _transferring(self) -> bool:
+        """A ``refer`` leg is live: its party or its music on hold has the line, unmixed."""
+        return self._refer is not None and not self._refer.ended
+
+    def _agent_active(self, frame: Pcm | None) -> bool:
+        """The agent speaks, or a streaming track waits for its next chunk (between two
+        sentences the background stays ducked)."""
+        playing = self._playing
+        return frame is not None or (
+            playing is not None and playing.track.state is TrackState.PLAYING
+        )
 
     def _play(self, command: PlayCommand) -> None:
         self._loading += 1
@@ -655,9 +728,107 @@ class CallSession:
         if track_id is None or track_id == self.server_side_track:
             self._agent_muted = mute
 
+    # ------------------------------------------------------------------ the refer leg
+
+    def _start_refer(self, command: ReferCommand) -> None:
+        """``refer``: dial the callee as a second SIP leg, music on hold meanwhile
+        (:mod:`activecall.workers.refer_leg`)."""
+        from activecall.workers.media_stats import watch_media
+        from activecall.workers.refer_leg import ReferLeg
+        from activecall.workers.sip_session import MediaSettings
+
+        if self._refer is not None and not self._refer.ended:
+            raise CommandError("a refer leg is already up: hang it up first (refer:true)", "refer")
+        media = self.params.get("media")
+        if not isinstance(media, Mapping):
+            raise CommandError("refer needs SIP, which is not configured on this server", "refer")
+        self._interrupt(0)  # as upstream: the leg takes over the server-side track
+        now = self.port.now_ms()
+        self._refer = ReferLeg(
+            command,
+            self._refer_parties(),
+            track_id=self.server_side_track,
+            media=MediaSettings.from_params(dict(media)),
+            worker_index=int(getattr(self.port, "worker_index", 0)),
+            now_ms=now,
+            emit=self._emit,
+            signal=lambda action, **fields: self.port.emit_text(
+                control.encode(control.OP_SIP, action=action, **fields)
+            ),
+        )
+        watch_media(self.port, self._refer.media_sample)  # its RTP counts in /metrics
+        moh = command.options.moh if command.options is not None else None
+        if moh:
+            self._load_moh(self._refer, moh)
+
+    def _refer_parties(self) -> ReferParties:
+        from activecall.workers.refer_leg import ReferParties
+
+        sip = self.params.get("sip")
+        sip = sip if isinstance(sip, Mapping) else {}
+        option = self.option
+        return ReferParties(
+            session_id=self.id,
+            caller=str(sip.get("caller") or (option.caller if option else "") or ""),
+            callee=str(sip.get("callee") or (option.callee if option else "") or ""),
+        )
+
+    def _load_moh(self, leg: ReferLeg, moh: str) -> None:
+        # As upstream: a missing local file falls back to the stock music on hold.
+        if not moh.lower().startswith(("http:", "https:")) and not Path(moh).exists():
+            fallback = Path("./config/sounds/refer_moh.wav")
+            moh = str(fallback) if fallback.exists() else moh
+        self._refer_moh += 1
+        generation = self._refer_moh
+        future = self.port.run_blocking(
+            functools.partial(decode_audio_file, moh, cache_dir=self.settings.media_cache_dir)
+        )
+
+        def done(fut: Future[Any]) -> None:
+            self.port.call_soon(lambda: self._moh_ready(leg, generation, moh, fut))
+
+        future.add_done_callback(done)
+
+    def _moh_ready(self, leg: ReferLeg, generation: int, moh: str, fut: Future[Any]) -> None:
+        if generation != self._refer_moh or leg.ended or self.state is not CallState.ANSWERED:
+            return
+        try:
+            leg.set_moh(fut.result())
+        except PlaybackError as exc:
+            self._error("refer", f"music on hold: {exc}")
+        except Exception as exc:  # a bad file must never end the call or the leg
+            log.exception("decoding the music on hold %s failed", moh)
+            self._error("refer", f"music on hold: cannot play {moh}: {exc}")
+
+    def _hangup_refer(self, headers: Mapping[str, str] | None) -> None:
+        """``hangup{refer:true}``: end the leg only (its BYE gets ``headers``); the call goes
+        on with the agent."""
+        leg = self._refer
+        if leg is None or leg.ended:
+            raise CommandError("there is no refer leg to hang up", "hangup")
+        leg.hangup(self.port.now_ms(), reason="caller", initiator="caller", headers=headers)
+
+    def on_control(self, record: dict[str, Any]) -> None:
+        """A ``sip`` control record of the refer leg (``leg: "refer"``) from the supervisor."""
+        leg = self._refer
+        if record.get("leg") != "refer" or leg is None or self.state is CallState.ENDED:
+            return
+        was_up = not leg.ended
+        leg.on_control(record, self.port.now_ms())
+        ended_by_remote = was_up and leg.ended and record.get("event") in ("bye", "cancelled")
+        if ended_by_remote and leg.auto_hangup:  # the transfer is over, so is the call
+            self.hangup(reason="refer", initiator="system")
+
     # ------------------------------------------------------------------ per tick
 
     def _next_agent_frame(self, now_ms: int) -> Pcm | None:
+        leg = self._refer
+        if leg is not None and not leg.ended:
+            frame = leg.tick(now_ms)
+            # Answered, the leg is the server-side track; dialling, its music on hold is,
+            # else whatever the agent plays goes on.
+            if leg.answered or frame is not None:
+                return frame
         playing = self._playing
         if playing is None:
             return None
@@ -731,6 +902,8 @@ class CallSession:
         if self._realtime is not None:
             self._spawn(self._realtime.aclose())
             self._realtime = None
+        if self._refer is not None:
+            self._refer.hangup(now, reason=reason, initiator=initiator)
         self.state = CallState.ENDED
         try:
             self._stop_media()
@@ -791,6 +964,8 @@ class CallSession:
             dump_event_file=str(dump.path) if dump is not None else None,
         )
         record = replace(record, **self._call_record_fields())
+        if self._refer is not None:
+            record = replace(record, refer_callrecord=self._refer.call_record())
         try:
             write_call_record(root, record)
         except OSError as exc:
@@ -853,6 +1028,9 @@ class CallSession:
     # ------------------------------------------------------------------ output
 
     def _emit(self, event: Event) -> None:
+        leg = self._refer
+        if isinstance(event, DtmfEvent) and not event.refer and leg is not None:
+            leg.caller_digit(event.digit)  # forwardDtmf: the caller's keys reach the leg
         data = event.to_json()
         if self._dump is not None:
             self._dump.event(data, self.port.now_ms())

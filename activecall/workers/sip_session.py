@@ -12,9 +12,20 @@ RTP socket and runs the :class:`~activecall.rtp.media.RtpMediaPipeline`. The two
   ``earlyMedia`` or ``ringtone``), ``accept`` 200 with the answer, then ``trackStart`` and
   ``answer``; ``reject`` refuses the INVITE. ``accept`` with no pending INVITE is
   ``reject{486}``.
+* Inbound early media: with the 183 the RTP media starts. A ``ringtone`` (file or URL,
+  decoded like ``play``) loops to the caller until ``accept`` (then the call's own audio
+  takes over on the same RTP stream), ``reject`` or a hangup; without one the caller hears
+  silence. A ringtone that cannot be opened is an ``error{sender:"ringing"}`` and the call
+  goes on. The agent's ``play``/``tts`` start at ``accept``; the caller's early audio is not
+  processed (the processors come with ``accept``'s option).
 * Outbound: ``invite`` binds the RTP port, emits ``trackStart``, and asks for the INVITE with
   our offer; the SIP side reports ``ringing{earlyMedia}``, then ``answer`` (the remote SDP)
   or ``reject`` (+ ``error{sender:"invite"}``).
+* Outbound early media: a 18x with SDP starts the media and the call's processors at once,
+  so the remote's early audio (ringback, "the number is not available") reaches VAD, ASR and
+  the recorder before the 200, whose SDP then confirms or moves the media. ``answer`` is
+  still sent at the 200 (and ``answerTime`` is the 200's); ``play``/``tts``/``sendDtmf`` work
+  in between and are heard as early media.
 
 RTP: a plain UDP socket (and one for RTCP on the next port) in this worker's share of
 ``rtp_start_port..rtp_end_port``, read with ``loop.add_reader``; each 20 ms tick sends the
@@ -29,27 +40,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import socket
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from activecall.media.codec import Pcm
+from activecall.media.playback import PlaybackError, PlaybackTrack, decode_audio_file
 from activecall.protocol import (
     AcceptCommand,
+    AnswerEvent,
     CallOption,
     Command,
     CommandError,
     DtmfEvent,
+    Event,
     HangupCommand,
     HoldEvent,
     IncomingEvent,
     MediaReadyEvent,
     MessageCommand,
     MessageEvent,
-    ReferCommand,
+    PlayCommand,
     RejectCommand,
     RejectEvent,
     RingingCommand,
@@ -57,6 +73,7 @@ from activecall.protocol import (
     SendDtmfCommand,
     TrackEndEvent,
     TransferRequestEvent,
+    TtsCommand,
 )
 from activecall.protocol.options import RecorderOption
 from activecall.protocol.options import encode as encode_option
@@ -77,7 +94,9 @@ from activecall.rtp.sdp import (
     build_offer,
     parse_answer,
 )
+from activecall.rtp.srtp import SrtpError, SrtpSession, SrtpStats
 from activecall.workers import control
+from activecall.workers.media_stats import rtp_sample, watch_media
 from activecall.workers.session import CallSession, CallState
 
 __all__ = ["MediaSettings", "SipCallSession", "port_share"]
@@ -111,6 +130,8 @@ class MediaSettings:
     workers: int = 1
     codecs: tuple[str, ...] = DEFAULT_CODECS
     latching: bool = True
+    srtp: bool = False
+    """Offer SDES-SRTP (``enable_srtp``); a call's ``sip.enable_srtp`` overrides it."""
 
     @classmethod
     def from_params(cls, params: Any) -> MediaSettings:
@@ -131,6 +152,7 @@ class MediaSettings:
             if isinstance(codecs, list) and codecs
             else DEFAULT_CODECS,
             latching=bool(params.get("latching", True)),
+            srtp=bool(params.get("srtp", False)),
         )
 
 
@@ -204,6 +226,14 @@ class SipCallSession(CallSession):
         self._ring_ms: int | None = None
         self._status = 0
         self._on_hold = False
+        self._srtp: SrtpSession | None = None  # keyed from self._negotiated.srtp
+        self._srtp_choice: bool | None = None  # the call's sip.enable_srtp, if given
+        self._early = False  # media before the answer (a 183 with SDP, either way)
+        self._held_answer = False  # outbound early media: the next ``answer`` waits for the 200
+        self._answered_leg = False  # the 200 went out / came in
+        self._ringtone: PlaybackTrack | None = None
+        self._ringtone_pcm: Pcm | None = None
+        self._ringtone_loading = 0  # generation of the newest ringtone decode
 
     # ------------------------------------------------------------------ commands
 
@@ -218,16 +248,22 @@ class SipCallSession(CallSession):
             self._send_dtmf(command.digits)
         elif isinstance(command, MessageCommand):
             self._message(command)
-        elif isinstance(command, ReferCommand):
-            raise CommandError(
-                "'refer' (a transfer leg) is not available on SIP calls yet", "refer"
-            )
         elif isinstance(command, HangupCommand):
-            if command.headers:
+            if command.headers and not command.refer:
                 self._bye_headers = dict(command.headers)
             super()._handle(command)
         elif command.command == "invite" and self.inbound:
             raise CommandError("an inbound SIP call is answered with 'accept'", "invite")
+        elif (
+            isinstance(command, PlayCommand | TtsCommand)
+            and self.inbound
+            and self.state is CallState.CREATED
+        ):
+            raise CommandError(
+                f"'{command.command}' before 'accept': before the answer an inbound call "
+                "plays only a 'ringing' ringtone",
+                command.command,
+            )
         else:
             super()._handle(command)
 
@@ -248,6 +284,8 @@ class SipCallSession(CallSession):
         option = command.option
         if option.recorder is None and self._ringing_recorder is not None:
             option = replace(option, recorder=self._ringing_recorder)
+        if option.sip is not None and option.sip.enable_srtp is not None:
+            self._srtp_choice = option.sip.enable_srtp
         sdp = self._answer_offer()
         if sdp is None:
             return
@@ -255,7 +293,9 @@ class SipCallSession(CallSession):
         self._invite_option = option
         self._signal("accept", sdp=sdp)
         self._status = 200
-        self._start_pipeline()
+        self._stop_early()
+        self._answered_leg = True
+        self._start_pipeline()  # already running when there was early media
         self._answered_ms = self.port.now_ms()
         self.answered(sdp)
 
@@ -281,12 +321,52 @@ class SipCallSession(CallSession):
         if self._ring_ms is None:
             self._ring_ms = self.port.now_ms()
         if command.early_media or command.ringtone:
-            # The ringtone itself is not played yet: the 183 carries our answer (early media).
-            sdp = self._answer_offer()
-            if sdp is not None:
-                self._signal("ringing", sdp=sdp)
+            sdp = self._answer_offer()  # the 183 carries our answer: early media
+            if sdp is None:
+                return
+            self._signal("ringing", sdp=sdp)
+            self._start_pipeline()
+            self._early = True
+            self._answered_ms = self.port.now_ms()  # inactivity counts from here
+            if command.ringtone:
+                self._load_ringtone(command.ringtone)
         else:
             self._signal("ringing")
+
+    def _load_ringtone(self, source: str) -> None:
+        """Decode ``source`` off the loop; it loops from the next tick on (a newer ringtone
+        replaces it)."""
+        self._ringtone_loading += 1
+        generation = self._ringtone_loading
+        future = self.port.run_blocking(
+            functools.partial(decode_audio_file, source, cache_dir=self.settings.media_cache_dir)
+        )
+
+        def done(fut: Future[Any]) -> None:
+            self.port.call_soon(lambda: self._ringtone_ready(generation, source, fut))
+
+        future.add_done_callback(done)
+
+    def _ringtone_ready(self, generation: int, source: str, fut: Future[Any]) -> None:
+        if generation != self._ringtone_loading or not self._early or not self._pending:
+            return  # answered, refused or ended meanwhile, or a newer ringtone was asked for
+        try:
+            pcm = fut.result()
+        except PlaybackError as exc:
+            self._error("ringing", f"the ringtone cannot be played: {exc}")
+            return
+        except Exception as exc:  # a bad file must never end the call
+            log.exception("decoding the ringtone %s failed", source)
+            self._error("ringing", f"the ringtone {source} cannot be played: {exc}")
+            return
+        self._ringtone_pcm = pcm
+        self._ringtone = PlaybackTrack(pcm, play_id=source)
+
+    def _stop_early(self) -> None:
+        """The answer (or the end): the ringtone stops, a late decode is dropped."""
+        self._early = False
+        self._ringtone_loading += 1
+        self._ringtone = self._ringtone_pcm = None
 
     def _send_dtmf(self, digits: str) -> None:
         if self._pipeline is None or self.state is not CallState.ANSWERED:
@@ -297,7 +377,7 @@ class SipCallSession(CallSession):
             raise CommandError(str(exc), "sendDtmf") from None
 
     def _message(self, command: MessageCommand) -> None:
-        if self.state is not CallState.ANSWERED or self._leg_over:
+        if self.state is not CallState.ANSWERED or self._leg_over or self._early:
             raise CommandError("MESSAGE needs an established SIP call", "message")
         fields: dict[str, Any] = {"body": command.body}
         fields["contentType"] = command.content_type or "text/plain;charset=utf-8"
@@ -316,9 +396,15 @@ class SipCallSession(CallSession):
         self._bind()
         assert self._ports is not None
         settings = self.media_settings
+        if option.sip is not None and option.sip.enable_srtp is not None:
+            self._srtp_choice = option.sip.enable_srtp
         try:
             offer = build_offer(
-                settings.codecs, settings.ip, self._ports.port, session_id=self._sdp_session
+                settings.codecs,
+                settings.ip,
+                self._ports.port,
+                session_id=self._sdp_session,
+                srtp=self._wants_srtp(),
             )
         except ValueError as exc:
             self._release()
@@ -333,6 +419,28 @@ class SipCallSession(CallSession):
             fields["sip"] = encode_option(option.sip)
         self._leg = True
         self._signal("invite", **fields)
+
+    def tick(self, now_ms: int) -> None:
+        """Every 20 ms; an inbound call's early media before ``accept``: the ringtone (or
+        silence) out, the caller's audio dropped (the processors come with ``accept``)."""
+        if self.state is CallState.CREATED and self._early:
+            self._early_tick(now_ms)
+            return
+        super().tick(now_ms)
+
+    def _early_tick(self, now_ms: int) -> None:
+        pipeline = self._pipeline
+        if pipeline is None:
+            return
+        frame = None
+        track = self._ringtone
+        if track is not None:
+            frame = track.next_frame()
+            if track.finished and self._ringtone_pcm is not None:  # a ringtone loops
+                self._ringtone = PlaybackTrack(self._ringtone_pcm, play_id=track.play_id)
+        out = pipeline.tick(now_ms, time.time(), agent=frame)
+        self._send(out.datagrams)
+        self._events(out.events)
 
     def _pull_media(self, now_ms: int) -> None:
         self._now_ms = now_ms
@@ -350,9 +458,11 @@ class SipCallSession(CallSession):
 
     def _stop_media(self) -> None:
         now = self.port.now_ms()
+        self._stop_early()
         pipeline = self._pipeline
         if pipeline is not None:
             self._send(pipeline.close(now, time.time(), "call ended"))
+        if pipeline is not None and self._answered_leg:
             self._emit(
                 TrackEndEvent(
                     track_id=self.id,
@@ -375,6 +485,8 @@ class SipCallSession(CallSession):
         )
         if self._pipeline is not None:
             extras["rtp"] = self._pipeline.stats().to_dict()
+        if self._srtp is not None:
+            extras["srtp"] = {"suite": self._srtp.suite, **self._srtp.stats.to_dict()}
         fields: dict[str, Any] = {
             "caller": str(
                 self.sip.get("caller") or (self.option.caller if self.option else "") or ""
@@ -395,14 +507,18 @@ class SipCallSession(CallSession):
         """A ``sip`` control record from the supervisor (``event``: what the SIP side did)."""
         if record.get("op") != control.OP_SIP or self.state is CallState.ENDED:
             return
+        if record.get("leg") == "refer":  # the transfer leg's (CallSession.on_control)
+            super().on_control(record)
+            return
         event = record.get("event")
         now = self.port.now_ms()
         if event == "ringing":
             if self._ring_ms is None:
                 self._ring_ms = now
-            self._emit(
-                RingingEvent(track_id=self.id, timestamp=now, early_media=bool(record.get("sdp")))
-            )
+            sdp = str(record.get("sdp") or "")
+            self._emit(RingingEvent(track_id=self.id, timestamp=now, early_media=bool(sdp)))
+            if sdp:
+                self._early_answer(sdp)
         elif event == "answer":
             self._remote_answer(str(record.get("sdp") or ""))
         elif event == "reject":
@@ -451,8 +567,34 @@ class SipCallSession(CallSession):
         else:
             log.warning("session %s: unknown sip event %r", self.id, event)
 
+    def _early_answer(self, sdp: str) -> None:
+        """Outbound 18x with SDP: media and processors start now; ``answer`` waits for the
+        200. An SDP we cannot use is an ``error``; the call waits for the 200 then."""
+        if self._offer is None or self._answered_leg:
+            return
+        if self.state is not CallState.CREATED and not self._early:
+            return
+        try:
+            media = parse_answer(self._offer, sdp)
+        except SdpError as exc:
+            self._error("invite", f"the early media answer cannot be used: {exc}")
+            return
+        self._use_answer(media)
+        if self._early:
+            return  # another 18x: the media moved, the processors run already
+        self._early = True
+        self._answered_ms = self.port.now_ms()
+        # answered() starts the call's processors (VAD, ASR, recorder, ...) as at a 200;
+        # its ``answer`` event is held back (see _emit) and the answer time undone.
+        self._held_answer = True
+        self.answered(sdp)
+        self._held_answer = False
+        self._answer = None
+
     def _remote_answer(self, sdp: str) -> None:
-        if self.state is not CallState.CREATED or self._offer is None:
+        if self._offer is None or self._answered_leg:
+            return
+        if self.state is not CallState.CREATED and not self._early:
             return
         try:
             media = parse_answer(self._offer, sdp)
@@ -460,11 +602,26 @@ class SipCallSession(CallSession):
             self._error("invite", f"the answer cannot be used: {exc}")
             self.hangup(reason="failed", initiator="system")
             return
-        self._negotiated = media
+        self._use_answer(media)
         self._status = 200
-        self._start_pipeline()
-        self._answered_ms = self.port.now_ms()
-        self.answered(sdp)
+        self._answered_leg = True
+        now = self.port.now_ms()
+        self._answered_ms = now
+        if not self._early:
+            self.answered(sdp)
+            return
+        # After early media the processors run already: only the answer is left to say.
+        self._early = False
+        self._answer = datetime.fromtimestamp(now / 1000, UTC)
+        self._emit(AnswerEvent(track_id=self.id, timestamp=now, sdp=sdp))
+
+    def _use_answer(self, media: NegotiatedMedia) -> None:
+        """Run the media as ``media`` says (starting it, or moving it: a new 18x/200 SDP)."""
+        self._negotiated = media
+        if self._pipeline is None:
+            self._start_pipeline()
+        else:
+            self._pipeline.update(media)
 
     def _reoffer(self, sdp: str) -> None:
         """A re-INVITE/UPDATE: answer it, move the media, report a hold change."""
@@ -481,6 +638,8 @@ class SipCallSession(CallSession):
                 self._ports.port,
                 session_id=self._sdp_session,
                 session_version=self._sdp_version,
+                srtp=self._wants_srtp(),
+                srtp_key=self._negotiated.srtp if self._negotiated is not None else None,
             )
         except SdpError as exc:
             log.info("session %s: re-offer refused: %s", self.id, exc)
@@ -545,6 +704,7 @@ class SipCallSession(CallSession):
                 settings.ip,
                 self._ports.port,
                 session_id=self._sdp_session,
+                srtp=self._wants_srtp(),
             )
         except SdpError as exc:
             self._refuse(488, f"the offer cannot be answered: {exc}")
@@ -588,9 +748,10 @@ class SipCallSession(CallSession):
         media = self._negotiated
         if media is None or self._pipeline is not None:
             return
-        self._pipeline = RtpMediaPipeline(
+        pipeline = self._pipeline = RtpMediaPipeline(
             media, latching=self.media_settings.latching, cname=f"activecall-{self.id}"[:255]
         )
+        watch_media(self.port, lambda: rtp_sample(pipeline.stats(), self._srtp_stats()))
 
     def _readable(self, sock: socket.socket, rtcp: bool) -> None:
         for _ in range(_READ_BURST):
@@ -601,8 +762,15 @@ class SipCallSession(CallSession):
             except OSError:
                 return  # an ICMP error of an earlier send; nothing to read
             pipeline = self._pipeline
-            if pipeline is None or self.state is not CallState.ANSWERED:
-                continue  # before the answer (or early media we do not play): dropped
+            if pipeline is None:
+                continue  # no media negotiated yet (before the answer or early media)
+            srtp = self._srtp_session()
+            if srtp is not None:
+                # SRTCP on its own port; on the RTP port (rtcp-mux) the packet type tells.
+                plain = srtp.unprotect(data, True if rtcp else None)
+                if plain is None:
+                    continue  # failed authentication or replay: counted in srtp.stats
+                data = plain
             now = self.port.now_ms()
             address = (str(source[0]), int(source[1]))
             try:
@@ -628,16 +796,52 @@ class SipCallSession(CallSession):
         ports = self._ports
         if ports is None:
             return
+        srtp = self._srtp_session()
         for d in datagrams:
             sock = ports.rtcp if d.rtcp and not self._rtcp_mux() else ports.rtp
+            data = d.data
+            if srtp is not None:
+                try:
+                    data = srtp.protect(data, d.rtcp)
+                except SrtpError as exc:  # never plain RTP on an SRTP stream
+                    log.warning("session %s: datagram not sent: %s", self.id, exc)
+                    continue
             # An unreachable peer (ICMP) or a full buffer: RTP is loss-tolerant.
             with contextlib.suppress(OSError):
-                sock.sendto(d.data, d.address)
+                sock.sendto(data, d.address)
 
     def _rtcp_mux(self) -> bool:
         return self._negotiated is not None and self._negotiated.rtcp_mux
 
+    def _wants_srtp(self) -> bool:
+        """Whether we offer SRTP (and answer a plain offer's crypto lines): the call's
+        ``sip.enable_srtp``, else ``enable_srtp``."""
+        return self.media_settings.srtp if self._srtp_choice is None else self._srtp_choice
+
+    def _srtp_stats(self) -> SrtpStats | None:
+        """The SRTP counters for ``/metrics`` (``None`` while the call has no SRTP)."""
+        return self._srtp.stats if self._srtp is not None else None
+
+    def _srtp_session(self) -> SrtpSession | None:
+        """The SRTP contexts of the negotiated keys (new keys from a re-offer or a later
+        answer get new contexts; the counters carry on)."""
+        keys = self._negotiated.srtp if self._negotiated is not None else None
+        if keys is None:
+            return None
+        srtp = self._srtp
+        if srtp is None or not srtp.keyed_as(keys.suite, keys.local_key, keys.remote_key):
+            fresh = SrtpSession(keys.suite, keys.local_key, keys.remote_key)
+            if srtp is not None:
+                fresh.stats = srtp.stats
+            self._srtp = srtp = fresh
+        return srtp
+
     # ------------------------------------------------------------------ output
+
+    def _emit(self, event: Event) -> None:
+        if self._held_answer and isinstance(event, AnswerEvent) and not event.refer:
+            return  # outbound early media: ``answer`` is the 200's (see _early_answer)
+        super()._emit(event)
 
     def _signal(self, action: str, **fields: Any) -> None:
         """A ``sip`` record to the supervisor (a text record: see workers.control)."""

@@ -7,6 +7,7 @@ into the same pipeline as ``/call`` (VAD, denoise, AGC, ASR, recorder); agent au
 ``tts``) goes out on the peer's track. With ``subscribe: true`` the WebSocket also gets both
 legs as PCM16LE 16 kHz frames behind a one-byte track prefix (``0x00`` agent, ``0x01`` caller).
 
+Its frame counters go to the worker's media totals (``/metrics``: ``activecall_webrtc_*``).
 An ICE/DTLS failure ends the call with ``error`` + ``hangup``; the browser closing its side
 ends it with ``hangup``. The peer connection and its ports are released when the call ends.
 """
@@ -19,6 +20,7 @@ from typing import Any
 from activecall.media.codec import Pcm
 from activecall.protocol import AddIceCandidateCommand, CallOption, Command, CommandError
 from activecall.webrtc import WebRtcError, WebRtcPeer, set_consent_freshness
+from activecall.workers.media_stats import watch_media, webrtc_sample
 from activecall.workers.session import CallSession, CallState
 
 __all__ = ["CONSENT_FAILURES", "CONSENT_INTERVAL_S", "WebRtcSession"]
@@ -81,6 +83,8 @@ class WebRtcSession(CallSession):
         except WebRtcError as exc:
             raise CommandError(f"invite: {exc}", "invite") from None
         self._peer = peer
+        stats = peer.stats  # outlives the peer: the last counts are taken when the call ends
+        watch_media(self.port, lambda: webrtc_sample(stats))
         self._subscribe = bool(option.subscribe)
         self.track_start()
         self._spawn(self._negotiate(peer, option.offer))

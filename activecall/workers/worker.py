@@ -45,11 +45,13 @@ import numpy.typing as npt
 from activecall._native.ring import KIND_AUDIO, KIND_CONTROL, KIND_TEXT, Ring, RingSpec
 from activecall._native.silero import INT16_SCALE, VadBatch
 from activecall.workers import control
+from activecall.workers.media_stats import MediaSampler, MediaTally
 from activecall.workers.tick import TICK_NS, IntervalStats, TickSchedule
 
 __all__ = [
     "HEARTBEAT_MS",
     "MAX_VAD_ROUNDS",
+    "MEDIA_SAMPLES_PER_HEARTBEAT",
     "VAD_CHUNK",
     "SessionContext",
     "VadChunk",
@@ -66,6 +68,9 @@ VAD_CHUNK = 512
 MAX_VAD_ROUNDS = 4
 """Batched VAD calls per tick at most: a bursting session catches up at 4 chunks per tick."""
 HEARTBEAT_MS = 500
+MEDIA_SAMPLES_PER_HEARTBEAT = 64
+"""Call legs whose media counters a heartbeat refreshes at most (about 1 ms of the loop): with
+more calls each is refreshed every few heartbeats, and always when it ends."""
 FLUSH_TIMEOUT_S = 2.0  # how long a stopping worker waits for the supervisor to take its records
 
 VadChunk: TypeAlias = npt.NDArray[np.float32] | npt.NDArray[np.int16]
@@ -169,6 +174,12 @@ class SessionContext:
         """Run ``fn(*args)`` on the worker's thread pool (file decoding, ...)."""
         return self.executor.submit(fn, *args)
 
+    def watch_media(self, sampler: MediaSampler) -> None:
+        """Count this call's media in the worker's totals (``/metrics``) until it ends;
+        ``sampler`` returns the leg's cumulative counters (one call per leg)."""
+        if not self._ended:
+            self._worker.media.watch(self, sampler)
+
     def call_soon(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the worker's loop; safe from a pool thread."""
         self.loop.call_soon_threadsafe(fn)
@@ -243,6 +254,8 @@ class Worker:
         self.vad_calls = 0
         self.vad_chunks = 0
         self.session_errors = 0
+        self.media = MediaTally()
+        """RTP and WebRTC counters over this worker's calls (the heartbeat's ``media``)."""
 
     @property
     def sessions(self) -> int:
@@ -307,6 +320,7 @@ class Worker:
         ctx._ended = True
         if self._sessions.get(ctx.slot) is ctx:
             del self._sessions[ctx.slot]
+        self.media.finish(ctx)  # before "ended": the next heartbeat has the call's last counts
         self._send_ended(ctx.slot, ctx.session_id, error)
         if self._stopping and not self._sessions:
             self.loop.call_soon(self._finish)
@@ -519,6 +533,7 @@ class Worker:
             textIn=self.text_in,
             textOut=self.text_out,
             sessionErrors=self.session_errors,
+            media=self.media.snapshot(MEDIA_SAMPLES_PER_HEARTBEAT),
             **self._interval.take(),
         )
         self._outbound.send(control.WORKER_SLOT, KIND_CONTROL, record)

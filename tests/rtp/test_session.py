@@ -241,3 +241,41 @@ def test_bad_datagrams_raise_packet_errors() -> None:
     assert s.stats().receive.packets == 0
     with pytest.raises(ValueError):
         RtpSession(clock_rate=8000, payload_type=200)
+
+
+def test_rtcp_reports_sent_and_received_are_counted() -> None:
+    a, b = session(ssrc=1), session(ssrc=2, remote=("192.0.2.1", 5000))
+    b.receive_rtp(a.send_audio(b"x", 160, 0.0), REMOTE, 1.0)
+    for i in range(3):
+        b.receive_rtcp(a.build_rtcp(10.0 + i, 1e9 + i), REMOTE, 11.0 + i)
+    a.receive_rtcp(b.build_rtcp(20.0, 1e9 + 5), ("192.0.2.1", 5001), 21.0)
+    b.receive_rtcp(a.build_rtcp(30.0, 1e9 + 6), ("192.0.2.66", 1), 31.0)  # a stranger's
+    assert (a.stats().rtcp_sent, a.stats().rtcp_received) == (4, 1)
+    assert (b.stats().rtcp_sent, b.stats().rtcp_received) == (1, 3)
+    assert b.stats().to_dict()["rtcp_received"] == 3
+
+
+def test_call_totals_span_ssrc_changes() -> None:
+    s = session()
+    for seq in (1, 2, 4, 5):  # 3 is lost
+        assert s.receive_rtp(rtp(seq), REMOTE, seq * 20.0) is not None
+    assert s.receive_rtp(rtp(900, ssrc=0xBBBB), REMOTE, 120.0) is None  # a candidate
+    for seq in (901, 902, 904):  # the new source takes over; 903 lost
+        assert s.receive_rtp(rtp(seq, ssrc=0xBBBB), REMOTE, seq * 20.0) is not None
+    stats = s.stats()
+    assert stats.receive.packets == 3 and stats.receive.lost == 1  # the current source only
+    assert (stats.packets_received_total, stats.packets_lost_total) == (7, 2)
+    assert stats.octets_received_total == 7 * 160
+
+
+def test_the_peak_jitter_outlives_a_source_of_events_only() -> None:
+    s = session()
+    for seq in range(1, 30):  # audio arriving 0-15 ms late, alternately
+        s.receive_rtp(rtp(seq), REMOTE, seq * 20.0 + (15 if seq % 2 else 0))
+    audio_jitter = s.stats().receive.jitter_ms
+    assert audio_jitter > 5
+    for seq in range(500, 505):  # a new source sending RFC 4733 events only
+        s.receive_rtp(rtp(seq, ts=1000, ssrc=0xBBBB, pt=101), REMOTE, 700.0 + seq)
+    stats = s.stats()
+    assert stats.receive.ssrc == 0xBBBB and stats.receive.jitter_ms == 0
+    assert stats.jitter_max_ms >= audio_jitter

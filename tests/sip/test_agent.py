@@ -6,6 +6,7 @@ functions; the agent's answers are parsed back from the bytes it would send.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -339,7 +340,8 @@ def test_malformed_datagrams_get_400_or_nothing() -> None:
     assert statuses(out) == [400] and [o.peer for o in out if isinstance(o, Transmit)] == [PEER]
     assert agent.receive(b"\x00\xff garbage", PEER, 0) == []
     assert agent.receive(b"SIP/2.0 200 OK\r\n\r\n", PEER, 0) == []  # a response is never answered
-    assert agent.stats == {"received": 3, "malformed": 3, "answered_malformed": 1}
+    stats = agent.stats
+    assert (stats.messages_received, stats.malformed_answered, stats.malformed_dropped) == (3, 1, 2)
 
 
 # --- outbound -----------------------------------------------------------------------------
@@ -566,3 +568,32 @@ def test_bad_registrations_are_refused() -> None:
     with pytest.raises(ValueError, match="exists"):
         agent.register("c", registrar=PEER, aor="sip:c@pbx", now=0)
     assert agent.unregister("unknown", 0) == []
+
+
+def test_a_contact_rewrite_holds_for_the_whole_dialog() -> None:
+    """A trunk rule's Contact rewrite: on the INVITE and on our answer to a re-INVITE."""
+    agent = make_agent()
+    invite = place(agent, contact=lambda uri: replace(uri, host="203.0.113.9", port=5099))
+    assert invite.headers.get("contact") == "<sip:alice@203.0.113.9:5099>"
+    ok = response_to(
+        invite,
+        200,
+        to_tag="bob1",
+        headers=[("Content-Type", "application/sdp"), ("Contact", "<sip:bob@192.0.2.1:5070>")],
+        body=ANSWER.encode(),
+    )
+    agent.receive(ok.serialize(), PEER, 0.5)
+    reinvite = (
+        f"INVITE sip:alice@{NODE}:5080 SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKri\r\n"
+        f"From: <sip:bob@192.0.2.1:5060>;tag=bob1\r\nTo: {invite.headers.get('from')}\r\n"
+        "Call-ID: s.out-1\r\nCSeq: 1 INVITE\r\nContact: <sip:bob@192.0.2.1:5070>\r\n"
+        f"Content-Type: application/sdp\r\nContent-Length: {len(OFFER)}\r\n\r\n{OFFER}"
+    )
+    agent.receive(reinvite.encode(), PEER, 1.0)
+    (answer,) = sent(agent.reanswer("s.out-1", ANSWER, 1.1))
+    assert answer.status == 200
+    assert answer.headers.get("contact") == "<sip:alice@203.0.113.9:5099>"
+    # Without a rewrite the Contact is our own address.
+    plain = place(make_agent())
+    assert "203.0.113.9" not in str(plain.headers.get("contact"))

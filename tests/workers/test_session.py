@@ -432,3 +432,169 @@ def test_a_bad_agc_option_is_an_error_and_the_call_goes_on(
     assert len(errors) == 1 and errors[0]["sender"] == "agc" and "maxGainDb" in errors[0]["error"]
     call.stream(pcm_frames(speech_16k[: 4 * 16000]))
     assert call.port.names().count("silence") >= 1
+
+
+# --------------------------------------------------------------------------- ambiance
+
+
+def room_tone(seconds: float, seed: int = 3) -> np.ndarray:
+    """Office-like background at 16 kHz: low-passed noise plus a 120 Hz hum."""
+    n = int(seconds * 16000)
+    noise = np.convolve(np.random.default_rng(seed).normal(0, 6000, n), np.ones(8) / 8, "same")
+    hum = 1500 * np.sin(2 * np.pi * 120 * np.arange(n) / 16000)
+    tone: np.ndarray = np.clip(np.rint(noise + hum), -32768, 32767).astype(np.int16)
+    return tone
+
+
+def pcm_out(audio: list[bytes]) -> np.ndarray:
+    return np.concatenate([np.frombuffer(f, "<i2") for f in audio]).astype(np.float64)
+
+
+def rms_of(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x.astype(np.float64)))))
+
+
+def test_ambiance_plays_while_idle_and_ducks_under_play(call: Call, tmp_path: Path) -> None:
+    bg = room_tone(1.5)
+    office = write_wav(tmp_path / "office.wav", bg)  # a 16 kHz WAV decodes exactly
+    tone = (8000 * np.sin(np.arange(32000) * 2 * np.pi * 440 / 16000)).astype(np.int16)
+    prompt = write_wav(tmp_path / "prompt.wav", tone)
+    option = {"ambiance": {"path": str(office), "duckLevel": 0.1, "normalLevel": 0.3}}
+    call.send({"command": "invite", "option": option})
+    assert "error" not in call.port.names()
+    call.tick(50)  # 1 s, nothing playing: the background alone, at normalLevel
+    idle = pcm_out(call.port.audio)
+    assert len(idle) == 16000
+    assert rms_of(idle) == pytest.approx(0.3 * rms_of(bg[:16000]), rel=0.01)
+
+    call.send({"command": "play", "url": str(prompt), "playId": "p"})
+    call.tick(100)  # the 2 s prompt
+    assert len(call.port.of("trackEnd")) == 1
+    during = pcm_out(call.port.audio[50:150])
+    under = during - tone  # what was mixed under the agent
+    loop = np.resize(bg, 16000 + len(tone))[16000:].astype(np.float64)
+    settled = 20 * 320  # 0.3 → 0.1 at the default 0.01 a frame takes 20 frames
+    assert rms_of(under[settled:]) == pytest.approx(0.1 * rms_of(loop[settled:]), rel=0.01)
+    assert np.max(np.abs(under[settled:] - 0.1 * loop[settled:])) <= 1
+    call.tick(50)  # after the prompt: back up to normalLevel
+    after = pcm_out(call.port.audio[175:200])
+    assert rms_of(after) > 0.25 * rms_of(bg)
+
+
+def test_ambiance_stops_at_hangup_and_is_in_the_recording(
+    make_call: Callable[[], Call], tmp_path: Path
+) -> None:
+    call = make_call()
+    bg = room_tone(0.5)
+    office = write_wav(tmp_path / "office.wav", bg)
+    option = {
+        "ambiance": {"path": str(office), "normalLevel": 1.0},
+        "recorder": {"recorderFile": "{id}.wav"},
+    }
+    call.send({"command": "invite", "option": option})
+    call.tick(25)
+    call.send({"command": "hangup"})
+    sent = len(call.port.audio)
+    call.tick(10)
+    assert sent == 25 and len(call.port.audio) == sent  # nothing after the hangup
+    with wave.open(str(tmp_path / "rec" / "s.test.wav")) as w:
+        stereo = np.frombuffer(w.readframes(w.getnframes()), "<i2").reshape(-1, 2)
+    # the agent channel holds what the caller heard: the background, looped
+    np.testing.assert_array_equal(stereo[:, 1], np.resize(bg, len(stereo)))
+
+
+def test_server_ambiance_applies_unless_the_call_turns_it_off(tmp_path: Path) -> None:
+    from activecall.config import AmbianceOption
+
+    office = write_wav(tmp_path / "office.wav", room_tone(0.5))
+    settings = SessionSettings(
+        dump_dir=tmp_path, ambiance=AmbianceOption(path=str(office), normal_level=0.5)
+    )
+    sent = {}
+    for name, option in [("server", {}), ("off", {"ambiance": {"enabled": False}})]:
+        port = Port()
+        session = CallSession(port, name, dump=False, settings=settings)
+        session.on_text(json.dumps({"command": "invite", "option": option}))
+        for _ in range(10):
+            port.now += 20
+            session.tick(port.now)
+        sent[name] = port.audio
+        session.on_close()
+    assert len(sent["server"]) == 10 and rms_of(pcm_out(sent["server"])) > 500
+    assert sent["off"] == []
+
+
+@pytest.mark.parametrize(
+    ("ambiance", "words"),
+    [
+        ({"path": "missing.wav"}, "missing.wav: no ambiance for this call"),
+        ({"path": "junk"}, "not audio PyAV can decode"),
+        ({"path": "x.wav", "duckLevel": "low"}, "ambiance.duckLevel must be a number"),
+        ({"path": "x.wav", "transitionSpeed": -1}, "ambiance.transitionSpeed must be"),
+    ],
+)
+def test_a_bad_ambiance_is_an_error_and_the_call_goes_on(
+    call: Call, tmp_path: Path, ambiance: dict[str, Any], words: str
+) -> None:
+    (tmp_path / "junk").write_bytes(b"not audio" * 100)
+    if ambiance["path"] != "x.wav":
+        ambiance = {**ambiance, "path": str(tmp_path / ambiance["path"])}
+    call.send({"command": "invite", "option": {"ambiance": ambiance}})
+    assert call.port.names() == ["trackStart", "answer", "error"]
+    error = call.port.events[-1]
+    assert error["sender"] == "ambiance" and words in error["error"]
+    call.tick(5)
+    assert call.port.audio == []  # no background, and the call is up
+    prompt = write_wav(tmp_path / "p.wav", np.full(1600, 3000, np.int16))
+    call.send({"command": "play", "url": str(prompt)})
+    call.tick(10)
+    assert len(call.port.audio) == 5 and call.session.state is CallState.ANSWERED
+
+
+def test_a_streaming_agent_track_keeps_the_background_ducked_between_chunks(
+    call: Call, tmp_path: Path
+) -> None:
+    office = write_wav(tmp_path / "office.wav", np.full(8000, 10000, np.int16))
+    call.send({"command": "invite", "option": {"ambiance": {"path": str(office)}}})
+    call.tick(5)
+    track = call.session.agent_track("turn", create=True)  # as streaming TTS and realtime do
+    assert track is not None
+    track.append(np.zeros(3200, np.int16))  # a 200 ms sentence, then the next is late
+    call.tick(40)
+    out = pcm_out(call.port.audio)
+    assert out[5 * 320 - 1] == 3000  # normalLevel 0.3 before the agent
+    assert np.all(out[25 * 320 :] == 1000)  # still at duckLevel 0.1 while the track waits
+    call.send({"command": "pause"})  # paused: the agent is silent, the background comes back
+    call.tick(30)
+    assert pcm_out(call.port.audio)[-1] == 3000
+
+
+def test_playbook_front_matter_ambiance_reaches_the_call(call: Call, tmp_path: Path) -> None:
+    from activecall.playbook.call import merge_option
+    from activecall.playbook.parser import parse_playbook
+
+    office = write_wav(tmp_path / "office.wav", np.full(8000, 10000, np.int16))
+    playbook = parse_playbook(
+        "---\n"
+        f"ambiance: {{path: '{office}', normalLevel: 0.5, duckLevel: 0.2}}\n"
+        "llm: {model: m}\n"
+        "---\n"
+        "You are a receptionist.\n"
+    )
+    # what a playbook call sends: the client's option over the playbook's, key by key
+    option = merge_option(playbook.option, {"ambiance": {"normalLevel": 0.4}})
+    call.send({"command": "invite", "option": option})
+    call.tick(3)
+    assert pcm_out(call.port.audio)[-1] == 4000
+
+
+def test_muting_the_server_side_track_silences_the_ambiance(call: Call, tmp_path: Path) -> None:
+    office = write_wav(tmp_path / "office.wav", np.full(8000, 10000, np.int16))
+    call.send({"command": "invite", "option": {"ambiance": {"path": str(office)}}})
+    call.tick(3)
+    call.send({"command": "mute", "trackId": "server-side-track"})
+    call.tick(5)
+    assert len(call.port.audio) == 3  # the background is part of the muted track
+    call.send({"command": "unmute", "trackId": "server-side-track"})
+    call.tick(2)
+    assert len(call.port.audio) == 5 and pcm_out(call.port.audio)[-1] == 3000

@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import time
+import wave
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -455,3 +456,206 @@ def test_garbage_on_the_rtp_port_and_a_bad_reoffer_change_nothing(
     assert [r.get("code") for r in port.records if r["action"] == "reanswer"] == [488]
     assert "hold" not in names(port) and names(port)[-1] == "hangup"
     assert port.records[-1]["action"] == "bye"
+
+
+# ------------------------------------------------------------------ early media (ringtone, 183)
+
+
+class ListeningPeer(Peer):
+    """A peer that keeps what it hears: one 16 kHz frame per tick."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heard: list[np.ndarray] = []
+
+    def send(self, now: int, frame: np.ndarray | None) -> None:
+        assert self.pipeline is not None
+        out = self.pipeline.tick(now, time.time(), agent=frame)
+        self.heard.append(out.pcm)
+        for d in out.datagrams:
+            self.sock.sendto(d.data, d.address)
+
+
+def loud_frames(frames: list[np.ndarray]) -> int:
+    """How many frames carry sound (RMS over ~-30 dBFS)."""
+    return sum(1 for f in frames if np.sqrt(np.mean(f.astype(np.float64) ** 2)) > 1000)
+
+
+def write_ringtone(path: Path) -> Path:
+    """0.3 s of a 440 Hz tone then 0.3 s of silence, as a 16 kHz WAV file."""
+    t = np.arange(int(0.3 * 16000)) / 16000
+    tone = (8000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
+    pcm = np.concatenate([tone, np.zeros(int(0.3 * 16000), np.int16)])
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(pcm.tobytes())
+    return path
+
+
+def test_inbound_ringtone_loops_as_early_media_until_accept(
+    tmp_path: Path, rtp_range: tuple[int, int]
+) -> None:
+    ringtone = write_ringtone(tmp_path / "ring.wav")
+
+    async def scenario() -> tuple[RealPort, ListeningPeer, int, dict[str, Any]]:
+        port = RealPort()
+        peer = ListeningPeer()
+        offer = peer.offer()
+        session = make_session(tmp_path, port, rtp_range, {"direction": "inbound", "offer": offer})
+        worker = Worker(session, port)
+        send(session, {"command": "ringing", "ringtone": str(ringtone)})
+        (ringing,) = port.records
+        peer.pipeline = RtpMediaPipeline(parse_answer(peer.sent_offer, ringing["sdp"]))
+        await worker.run(peer, 2.0)  # 3+ rounds of the 0.6 s ringtone
+        early = len(peer.heard)
+        send(session, {"command": "accept", "option": {}})
+        await worker.run(peer, 1.0)
+        stats = peer.pipeline.stats().to_dict()
+        send(session, {"command": "hangup"})
+        return port, peer, early, stats
+
+    port, peer, early, stats = asyncio.run(scenario())
+    assert port.records[0]["action"] == "ringing" and "m=audio" in port.records[0]["sdp"]
+    (accept,) = [r for r in port.records if r["action"] == "accept"]
+    assert accept["sdp"] == port.records[0]["sdp"]  # the 200 confirms the 183's answer
+    got = names(port)
+    assert got[0] == "incoming" and "error" not in got
+    assert got.index("mediaReady") < got.index("answer")  # the caller's RTP came early
+    # The tone is heard in every 0.6 s round, not only the first: it loops.
+    rounds = [peer.heard[i : i + 30] for i in range(0, early - 30, 30)]
+    assert len(rounds) >= 3 and all(5 <= loud_frames(r) <= 25 for r in rounds[:3])
+    # After accept the ringtone stops (nothing plays: silence), on the same RTP stream.
+    assert loud_frames(peer.heard[early + 10 :]) == 0
+    assert stats["session"]["receive"]["ssrc_changes"] == 0
+    assert got[-2:] == ["trackEnd", "hangup"]
+
+
+def test_ringtone_that_cannot_be_opened_is_an_error_and_the_call_goes_on(
+    tmp_path: Path, rtp_range: tuple[int, int]
+) -> None:
+    async def scenario() -> RealPort:
+        port = RealPort()
+        peer = ListeningPeer()
+        offer = peer.offer()
+        session = make_session(tmp_path, port, rtp_range, {"direction": "inbound", "offer": offer})
+        worker = Worker(session, port)
+        (tmp_path / "not-audio.wav").write_bytes(b"RIFF....not a wave file at all")
+        send(session, {"command": "ringing", "ringtone": str(tmp_path / "missing.wav")})
+        send(session, {"command": "ringing", "ringtone": str(tmp_path / "not-audio.wav")})
+        # before accept, an inbound call plays nothing but its ringtone
+        send(session, {"command": "play", "url": str(tmp_path / "missing.wav")})
+        peer.pipeline = RtpMediaPipeline(parse_answer(peer.sent_offer, port.records[0]["sdp"]))
+        await worker.run(peer, 0.5)
+        send(session, {"command": "accept", "option": {}})
+        await worker.run(peer, 0.3)
+        send(session, {"command": "hangup"})
+        return port
+
+    port = asyncio.run(scenario())
+    # both 183s went out, with our answer
+    assert [r["action"] for r in port.records[:2]] == ["ringing", "ringing"]
+    assert all("m=audio" in r["sdp"] for r in port.records[:2])
+    errors = [e for e in port.events if e["event"] == "error"]
+    assert [e["sender"] for e in errors] == ["ringing", "ringing", "command"]
+    assert "missing.wav" in errors[0]["error"] and "not-audio.wav" in errors[1]["error"]
+    assert "before 'accept'" in errors[2]["error"]
+    got = names(port)
+    assert "answer" in got and got[-1] == "hangup" and port.events[-1]["initiator"] == "caller"
+
+
+def test_inbound_early_media_then_reject_ends_without_a_track(
+    tmp_path: Path, rtp_range: tuple[int, int]
+) -> None:
+    async def scenario() -> tuple[RealPort, ListeningPeer]:
+        port = RealPort()
+        peer = ListeningPeer()
+        session = make_session(
+            tmp_path, port, rtp_range, {"direction": "inbound", "offer": peer.offer()}
+        )
+        worker = Worker(session, port)
+        send(session, {"command": "ringing", "earlyMedia": True})
+        peer.pipeline = RtpMediaPipeline(parse_answer(peer.sent_offer, port.records[0]["sdp"]))
+        await worker.run(peer, 0.5)
+        send(session, {"command": "reject", "reason": "busy", "code": 486})
+        return port, peer
+
+    port, peer = asyncio.run(scenario())
+    # early media without a ringtone: RTP (silence) reached the caller before the refusal
+    assert peer.packets > 10 and loud_frames(peer.heard) == 0
+    assert port.actions() == ["ringing", "reject"]
+    assert names(port) == ["incoming", "mediaReady", "hangup"]
+
+
+def test_outbound_early_media_reaches_vad_and_recorder_before_the_answer(
+    tmp_path: Path, rtp_range: tuple[int, int], speech_16k: np.ndarray
+) -> None:
+    async def scenario() -> tuple[RealPort, Peer]:
+        port = RealPort()
+        peer = Peer()
+        session = make_session(tmp_path, port, rtp_range, {"direction": "outbound"})
+        worker = Worker(session, port)
+        option = {"callee": "sip:bob@127.0.0.1:5062", "vad": {}, "recorder": {}}
+        send(session, {"command": "invite", "option": option})
+        (invite,) = port.records
+        # The remote answers 183 with an SDP we cannot use first, then a good one.
+        sip(session, event="ringing", code=183, sdp="v=0\r\nnot sdp")
+        remote, media = answer(invite["sdp"], ["pcmu", "telephone-event"], HOST, peer.port)
+        sip(session, event="ringing", code=183, sdp=remote.serialize())
+        peer.pipeline = RtpMediaPipeline(media)
+        # An announcement before the 200: the VAD hears it, and sendDtmf works.
+        await worker.run(peer, 3.0, speech_16k[: 3 * 16000])
+        send(session, {"command": "sendDtmf", "digits": "1"})
+        send(session, {"command": "message", "body": "too early"})
+        await worker.run(peer, 0.3)
+        sip(session, event="answer", sdp=remote.serialize())
+        await worker.run(peer, 0.5)
+        send(session, {"command": "hangup"})
+        return port, peer
+
+    port, peer = asyncio.run(scenario())
+    got = names(port)
+    assert got[:2] == ["trackStart", "ringing"] and port.events[1]["earlyMedia"] is True
+    (bad,) = [e for e in port.events if e["event"] == "error" and e["sender"] == "invite"]
+    assert "early media" in bad["error"]
+    assert [e["earlyMedia"] for e in port.events if e["event"] == "ringing"] == [True, True]
+    # Speech in the early media: speaking (and mediaReady) before the answer.
+    assert got.index("mediaReady") < got.index("speaking") < got.index("answer")
+    assert got.count("answer") == 1 and peer.digits == ["1"]
+    (refused,) = [e for e in port.events if e["event"] == "error" and e["sender"] == "command"]
+    assert "MESSAGE" in refused["error"]
+    hangup = port.events[-1]
+    assert got[-2:] == ["trackEnd", "hangup"]
+    # The answer time is the 200's, after the early media.
+    answer_event = port.events[got.index("answer")]
+    speaking = port.events[got.index("speaking")]
+    assert hangup["answerTime"] and answer_event["timestamp"] > speaking["timestamp"]
+    # The recorder took the early audio too: 3.8 s of the call in all, most of it early.
+    (wav,) = (tmp_path / "rec").glob("*.wav")
+    with wave.open(str(wav)) as w:
+        assert w.getnframes() / w.getframerate() > 3.3
+
+
+def test_outbound_early_media_then_rejected(
+    tmp_path: Path, rtp_range: tuple[int, int], speech_16k: np.ndarray
+) -> None:
+    async def scenario() -> RealPort:
+        port = RealPort()
+        peer = Peer()
+        session = make_session(tmp_path, port, rtp_range, {"direction": "outbound"})
+        worker = Worker(session, port)
+        send(session, {"command": "invite", "option": {"callee": "sip:bob@127.0.0.1"}})
+        remote, media = answer(port.records[0]["sdp"], ["pcmu"], HOST, peer.port)
+        sip(session, event="ringing", code=183, sdp=remote.serialize())
+        peer.pipeline = RtpMediaPipeline(media)
+        await worker.run(peer, 0.5, speech_16k[:16000])
+        sip(session, event="reject", code=404, reason="Not Found")
+        return port
+
+    port = asyncio.run(scenario())
+    got = names(port)
+    assert got[:3] == ["trackStart", "ringing", "mediaReady"]
+    assert got[-3:] == ["reject", "error", "hangup"] and "answer" not in got
+    assert "answerTime" not in port.events[-1]
+    assert port.actions() == ["invite"]  # no BYE for a call that was never answered
