@@ -36,7 +36,7 @@ class ScriptedOpenAi(FakeOpenAi):
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         scripted = bool(self.replies)
-        pieces = self.replies.pop(0) if scripted else ["OK."]
+        pieces: list[Piece] = self.replies.pop(0) if scripted else ["OK."]
         deltas = [{"content": p} if isinstance(p, str) else dict(p) for p in pieces]
         calls = any("tool_calls" in d for d in deltas)
         role: dict[str, Any] = {"role": "assistant", "content": None if calls else ""}
