@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from activecall._native.dtmf import DtmfDetector
 from activecall.config import AmbianceOption
 from activecall.media.ambiance import BACKGROUNDS, Ambiance, ambiance_option
 from activecall.media.codec import FRAME_SAMPLES, INTERNAL_RATE, CallCodec, Pcm, Reframer
@@ -214,6 +215,10 @@ class _Vad:
 class CallSession:
     """A ``/call`` session: commands, audio in and out, VAD, playback, recording."""
 
+    INBAND_DTMF = True
+    """Detect keypad tones in the caller's audio (``dtmf`` events); RTP calls do it in their
+    media pipeline instead."""
+
     def __init__(
         self,
         port: SessionPort,
@@ -262,6 +267,8 @@ class CallSession:
         self._refer_moh = 0  # generation of the newest refer, to drop a stale MOH decode
         self._warned_early_audio = False
         self._ambiance: Ambiance | None = None
+        # Keypad tones in the caller's audio (RTP calls detect them in their media pipeline).
+        self._inband_dtmf = DtmfDetector(INTERNAL_RATE) if self.INBAND_DTMF else None
         self._dump = (
             EventDump(self.settings.dump_dir / f"{safe_file_name(session_id)}.events.jsonl")
             if dump
@@ -306,6 +313,9 @@ class CallSession:
         self._timers.last_audio_ms = now
         if self._caller_muted:
             pcm = np.zeros_like(pcm)
+        elif self._inband_dtmf is not None:
+            for digit, _ in self._inband_dtmf.process(pcm):
+                self._emit(DtmfEvent(track_id=self.id, timestamp=now, digit=digit))
         if self._refer is not None and self._refer.answered:
             self._refer.caller_audio(pcm)
         vad = self._vad
@@ -972,6 +982,11 @@ class CallSession:
             log.warning("writing the call record of %s failed: %s", self.id, exc)
 
     # ------------------------------------------------------------------ the voice side's host
+
+    @property
+    def realtime(self) -> RealtimeAgent | None:
+        """The call's realtime model bridge (``option.realtime``), while the call is up."""
+        return self._realtime
 
     def now_ms(self) -> int:
         """The call's clock (epoch ms)."""

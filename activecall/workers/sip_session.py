@@ -199,6 +199,8 @@ def _bind(ip: str, port: int) -> socket.socket | None:
 class SipCallSession(CallSession):
     """A ``/call/sip`` session: see the module docstring."""
 
+    INBAND_DTMF = False  # the RTP pipeline detects tones when no telephone-event is negotiated
+
     def __init__(self, port: Any, session_id: str, **kwargs: Any) -> None:
         super().__init__(port, session_id, **kwargs)
         sip = self.params.get("sip")

@@ -598,3 +598,34 @@ def test_muting_the_server_side_track_silences_the_ambiance(call: Call, tmp_path
     call.send({"command": "unmute", "trackId": "server-side-track"})
     call.tick(2)
     assert len(call.port.audio) == 5 and pcm_out(call.port.audio)[-1] == 3000
+
+
+def keypad(keys: str, on_ms: int = 80, off_ms: int = 80) -> np.ndarray:
+    """The keys as in-band DTMF tones (-10 dBm0 a tone) at 16 kHz, a gap after each."""
+    from activecall._native.dtmf import FREQUENCIES, KEYS
+
+    amp = 32636 / 10 ** (3.17 / 20) * 10 ** (-10 / 20)
+    parts = [np.zeros(16000 * off_ms // 1000)]
+    for key in keys:
+        i = KEYS.index(key)
+        t = np.arange(16000 * on_ms // 1000) / 16000
+        row, col = FREQUENCIES[i // 4], FREQUENCIES[4 + i % 4]
+        parts += [amp * (np.sin(2 * np.pi * row * t) + np.sin(2 * np.pi * col * t))]
+        parts += [np.zeros(16000 * off_ms // 1000)]
+    return np.concatenate(parts).astype(np.int16)
+
+
+def test_keypad_tones_in_the_caller_audio_are_dtmf_events(
+    call: Call, speech_16k: np.ndarray
+) -> None:
+    """In-band DTMF on /call: each press once (a repeated key too), none from speech or
+    while the caller is muted."""
+    call.send({"command": "invite", "option": {}})
+    call.stream(pcm_frames(speech_16k[: 3 * 16000]))
+    assert not call.port.of("dtmf")
+    call.stream(pcm_frames(keypad("1#33*")))
+    assert [e["digit"] for e in call.port.of("dtmf")] == ["1", "#", "3", "3", "*"]
+    assert {e["trackId"] for e in call.port.of("dtmf")} == {"s.test"}
+    call.send({"command": "mute"})
+    call.stream(pcm_frames(keypad("9")))
+    assert len(call.port.of("dtmf")) == 5
