@@ -22,6 +22,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import Future
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,7 @@ from activecall.playbook.model import Playbook
 from activecall.playbook.parser import PlaybookError, load_playbook
 from activecall.playbook.runner import PlaybookRunner
 from activecall.playbook.template import CallFacts, render, template_variables
+from activecall.protocol import MetricsEvent
 from activecall.providers.base import LlmProvider
 from activecall.providers.registry import ProviderRegistry, UnknownProvider, registry
 from activecall.workers.session import CallSession, SessionPort
@@ -172,6 +174,9 @@ class PlaybookCall:
             variables=variables,
             report=self._report,
             server_side_track=session.server_side_track,
+            set_extra=self._set_extra,
+            metric=self._metric,
+            realtime=_RealtimeLink(session) if playbook.realtime is not None else None,
         )
         self._variables = dict(variables or {})
 
@@ -276,6 +281,43 @@ class PlaybookCall:
 
     def _report(self, message: str) -> None:
         self.session.error("playbook", message)
+
+    def _set_extra(self, key: str, value: str) -> None:
+        """A ``set_var`` value: into the call option's ``extra``, which the call record's
+        ``extras`` are made of when the call ends."""
+        option = self.session.option
+        if option is not None:
+            self.session.option = replace(option, extra={**(option.extra or {}), key: value})
+
+    def _metric(self, key: str, duration: int, data: Mapping[str, Any]) -> None:
+        self.session.emit(
+            MetricsEvent(timestamp=self._port.now_ms(), key=key, duration=duration, data=data)
+        )
+
+
+class _RealtimeLink:
+    """The runner's way to the session's realtime model (there once the call started)."""
+
+    def __init__(self, session: CallSession) -> None:
+        self._session = session
+
+    def function_result(self, call_id: str, output: str, *, respond: bool = True) -> None:
+        """Answer a function call of the model."""
+        agent = self._session.realtime
+        if agent is not None:
+            agent.function_result(call_id, output, respond=respond)
+
+    def update_instructions(self, instructions: str) -> None:
+        """The model's new instructions (a scene switch)."""
+        agent = self._session.realtime
+        if agent is not None:
+            agent.update_instructions(instructions)
+
+    def tell(self, text: str) -> None:
+        """A system message for the model, which then speaks."""
+        agent = self._session.realtime
+        if agent is not None:
+            agent.tell(text)
 
 
 def _llm_for(playbook: Playbook, providers: ProviderRegistry) -> LlmProvider | None:

@@ -11,8 +11,9 @@ The dialogue (reference §4.3):
 * after ``answer``: the first scene's ``<play>`` file, then the greeting, or a first LLM turn;
 * on ``asrFinal``: a turn. The reply streams into sentences and whole tags
   (:mod:`~activecall.playbook.reply`); each sentence is a streaming ``tts`` with the turn's
-  ``playId``, the last one has ``endOfStream`` (and ``autoHangup`` after ``<hangup/>``, and
-  the follow-up ``waitInputTimeout``). ``<goto>`` and ``<set_var>`` act at once; ``<play>`` and
+  ``playId``, the last one has ``endOfStream`` (and ``autoHangup`` after ``<hangup/>``, or,
+  with ``sip.hangup_headers``, the runner's own ``hangup`` with them once it has been heard;
+  and the follow-up ``waitInputTimeout``). ``<goto>`` and ``<set_var>`` act at once; ``<play>`` and
   ``<refer>`` once the reply has been heard; ``<http>`` answers go back to the LLM, up to
   :data:`MAX_HTTP_ROUNDS` times per turn;
 * native tool calling: unless the front matter says ``llm.tools: false`` (for models without
@@ -23,15 +24,25 @@ The dialogue (reference §4.3):
   (same cap). A bad call gets an ``Error: ...`` result and an ``error`` report. A server that
   refuses ``tools`` (HTTP error naming them) is asked again without, for the rest of the call.
   The prompt's tag instructions stay either way: a model may use tags, JSON or tools;
-* early start: on ``eou`` with ``completed: true`` (an end-of-utterance engine) while the
-  agent is silent, the turn starts at once with the words heard so far (the event's ``text``,
-  else the last ``asrDelta``); its reply waits, unspoken and not acted on, for the
+* early start: at the end of the caller's speech (the caller track's ``silence`` that ends
+  a speech segment, with words from ``asrDelta`` since the last final; off with
+  ``eou: {type: none}``) or on ``eou`` with ``completed: true`` (an end-of-utterance engine)
+  while the agent is silent, the turn starts at once with the words heard so far (the event's
+  ``text``, else the last ``asrDelta``); its reply waits, unspoken and not acted on, for the
   ``asrFinal``. The same words (case and punctuation aside) let it go on; other words, or an
   ``asrDelta`` with more words, drop it without a trace and the final starts a new turn. An
   ``asrFinal`` with no ``eou`` before it starts the turn as usual;
 * DTMF keys (the scene's, then the playbook's) and keypad collections; barge-in
   (:mod:`~activecall.playbook.interruption`); follow-ups on the server-side track's
-  ``silence`` (its ``waitInputTimeout``); in realtime mode, the model's ``functionCall``;
+  ``silence`` (its ``waitInputTimeout``);
+* transfers: while a ``refer`` leg rings or is answered the caller talks to the other party
+  (no turns, barge-in, follow-ups or keys); a failed leg is told to the LLM, which speaks; once
+  the leg ended and the call goes on, follow-ups run again (timed by :meth:`tick`);
+* in realtime mode, the model's function calls (``functionCall``), answered through the
+  :class:`RealtimeModel` hook (and a scene switch re-instructs it); its transcript
+  (``addHistory``) is the history;
+* ``set_var`` values go to the call's extras and each LLM round is a pair of ``metrics``, when
+  the session gave the hooks;
 * after ``hangup``: the posthook.
 """
 
@@ -44,7 +55,7 @@ import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -88,7 +99,15 @@ from activecall.providers.base import (
     ProviderError,
 )
 
-__all__ = ["HTTP_RESULT_CHARS", "MAX_HTTP_ROUNDS", "PlaybookRunner", "SendCommand"]
+__all__ = [
+    "HTTP_RESULT_CHARS",
+    "MAX_HTTP_ROUNDS",
+    "EmitMetric",
+    "PlaybookRunner",
+    "RealtimeModel",
+    "SendCommand",
+    "SetExtra",
+]
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +126,26 @@ FOLLOWUP_NUDGE = (
 SendCommand = Callable[[dict[str, Any]], None]
 StartTask = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None]"]
 Report = Callable[[str], None]
+SetExtra = Callable[[str, str], None]
+"""Record ``key`` = ``value`` in the call's extras (the call record's ``extras``)."""
+EmitMetric = Callable[[str, int, Mapping[str, Any]], None]
+"""Emit a ``metrics`` event: ``key``, ``duration`` (ms), ``data``."""
+
+
+class RealtimeModel(Protocol):
+    """The realtime model of a call in realtime mode, as the runner talks to it."""
+
+    def function_result(self, call_id: str, output: str, *, respond: bool = True) -> None:
+        """Answer function call ``call_id``; ``respond``: then ask the model to go on."""
+        ...
+
+    def update_instructions(self, instructions: str) -> None:
+        """Replace the model's instructions (a scene switch)."""
+        ...
+
+    def tell(self, text: str) -> None:
+        """Tell the model something that happened (a system message) and let it speak."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +209,9 @@ class PlaybookRunner:
         report: Report | None = None,
         server_side_track: str = "server-side-track",
         http: httpx.AsyncClient | None = None,
+        set_extra: SetExtra | None = None,
+        metric: EmitMetric | None = None,
+        realtime: RealtimeModel | None = None,
     ) -> None:
         self.playbook = playbook
         self.facts = facts
@@ -206,6 +248,17 @@ class PlaybookRunner:
         self._heard = ""  # the caller's words since the last asrFinal (asrDelta)
         self._last_final = ""  # a late eou with these words was answered already
         self._tasks: set[asyncio.Task[None]] = set()
+        self._set_extra = set_extra
+        self._metric = metric
+        self._realtime = realtime
+        # The built-in end-of-utterance trigger (the caller's end of speech), unless the front
+        # matter's ``eou`` says ``type: none``.
+        self._vad_eou = not _eou_off(playbook.option.get("eou"))
+        self._speech_start: int | None = None  # the caller's speech segment (its speaking)
+        # The callee of the transfer leg that rings or answered: the caller talks to them.
+        self._transfer: str | None = None
+        self._dialled: str | None = None  # the callee of our refer, until its leg says more
+        self._resume_at: int | None = None  # follow-up deadline once a transfer leg ended
         if not facts.start_time:
             self.facts = replace(facts, start_time=_rfc3339(clock()))
 
@@ -216,9 +269,9 @@ class PlaybookRunner:
         name = event.get("event")
         if self._ended or not isinstance(name, str):
             return
-        if event.get("refer") and name != "hangup":
-            return  # the transfer leg's events are not the dialogue's
         handler = self._HANDLERS.get(name)
+        if event.get("refer"):
+            handler = self._REFER_HANDLERS.get(name)  # the transfer leg's events
         if handler is not None:
             try:
                 handler(self, event)
@@ -227,12 +280,16 @@ class PlaybookRunner:
                 self._error(f"playbook runner failed on {name}: {exc}")
 
     def tick(self, now_ms: int) -> None:
-        """The time passes: keypad timeouts."""
+        """The time passes: keypad timeouts, the follow-up after a transfer leg ended."""
         collection = self._collection
         if collection is not None and not self._ended:
             outcome = collection.check(now_ms)
             if outcome is not None:
                 self._collected(collection, outcome)
+        resume = self._resume_at
+        if resume is not None and now_ms >= resume and not self._ended:
+            self._resume_at = None
+            self._follow_up()
 
     def start_call(self, facts: CallFacts) -> None:
         """Update what the call knows about itself (caller, callee, SIP headers) before it
@@ -283,8 +340,9 @@ class PlaybookRunner:
     def _on_final(self, event: Mapping[str, Any]) -> None:
         text = str(event.get("text") or "").strip()
         self._heard = ""
-        if not text or not self._answered:
-            return
+        if not text or not self._answered or self._transfer is not None:
+            return  # (while transferred the caller talks to the other party)
+        self._resume_at = None
         self._last_final = text
         now = self._time(event)
         self._bargein.caller_final(now)
@@ -311,6 +369,8 @@ class PlaybookRunner:
         self._user_turn(text, now)
 
     def _on_delta(self, event: Mapping[str, Any]) -> None:
+        if self.playbook.realtime is not None or self._transfer is not None:
+            return  # realtime: the model's own words; transferred: the other party's turn
         heard = str(event.get("text") or "").strip()
         if heard:
             self._heard = heard
@@ -326,33 +386,62 @@ class PlaybookRunner:
     def _on_eou(self, event: Mapping[str, Any]) -> None:
         """End of utterance (an EOU engine): answer the words heard so far at once, before the
         ASR's final transcript (reference §4.3 item 8), while the agent is silent."""
-        if event.get("completed") is not True or not self._answered or self.llm is None:
+        if event.get("completed") is not True:
+            return
+        given = event.get("text")
+        text = given if isinstance(given, str) and given.strip() else self._heard
+        self._end_of_utterance(text.strip(), self._time(event))
+
+    def _end_of_utterance(self, text: str, now: int) -> None:
+        """The caller stopped speaking (an ``eou`` or the end of their speech segment): an
+        early turn on ``text``, the words heard so far, when the agent is silent."""
+        if not self._answered or self.llm is None or self._transfer is not None:
             return
         if self._turn is not None or self._collection is not None:
             return
         if self._bargein.agent_speaking is not None or self._queued:
             return
-        given = event.get("text")
-        text = (given if isinstance(given, str) and given.strip() else self._heard).strip()
         rules = self.playbook.interruption
         if not text or (rules.filler_word_filter and is_filler(text, self._fillers)):
             return
         if not self._heard and _same_words(text, self._last_final):
             return  # the end of an utterance whose final transcript came first
-        self._user_turn(text, self._time(event), early=True)
+        self._user_turn(text, now, early=True)
 
     def _on_speaking(self, event: Mapping[str, Any]) -> None:
-        if event.get("trackId") == self._server_side_track:
+        if event.get("trackId") == self._server_side_track or self._transfer is not None:
             return
+        start = event.get("startTime")
+        self._speech_start = start if isinstance(start, int) else None
+        self._resume_at = None
         if self._listening_for_bargein():
             filler = bool(event.get("isFiller"))
             if self._bargein.check("vad", self._time(event), filler=filler):
                 self._barge_in()
 
     def _on_silence(self, event: Mapping[str, Any]) -> None:
-        # Only the server-side track's silence is ours: the waitInputTimeout we asked for.
-        if event.get("trackId") != self._server_side_track or not self._answered:
+        if event.get("trackId") != self._server_side_track:
+            self._caller_silence(event)
             return
+        # The server-side track's silence: the waitInputTimeout we asked for.
+        if not self._answered or self._transfer is not None:
+            return
+        self._follow_up()
+
+    def _caller_silence(self, event: Mapping[str, Any]) -> None:
+        """The caller's ``silence``: the one that ends a speech segment (its ``startTime`` is
+        that of the segment's ``speaking``; a ``silenceTimeout`` tick's is the silence's own)
+        is the end of an utterance when the ASR has heard words since its last final."""
+        start = event.get("startTime")
+        if start is None or start != self._speech_start:
+            return
+        self._speech_start = None
+        if self._vad_eou and self._heard and self.playbook.realtime is None:
+            self._end_of_utterance(self._heard, self._time(event))
+
+    def _follow_up(self) -> None:
+        """The caller has been silent for the follow-up time: nudge the LLM, or hang up once
+        the follow-ups are used up."""
         if self._collection is not None or self._turn is not None:
             return
         if self._bargein.agent_speaking is not None:
@@ -368,9 +457,10 @@ class PlaybookRunner:
 
     def _on_dtmf(self, event: Mapping[str, Any]) -> None:
         digit = str(event.get("digit") or "")
-        if not digit or not self._answered:
-            return
+        if not digit or not self._answered or self._transfer is not None:
+            return  # (while transferred the keys go on to the other party)
         self._followups = 0
+        self._resume_at = None
         collection = self._collection
         if collection is not None:
             outcome = collection.press(digit, self._time(event))
@@ -386,7 +476,7 @@ class PlaybookRunner:
             self._goto(action.scene, by_key=True)
         elif action.action == "transfer" and action.target is not None:
             self._stop_agent()
-            self._send({"command": "refer", "caller": "", "callee": action.target})
+            self._refer(action.target)
         elif action.action == "hangup":
             self._hangup_now("caller")
 
@@ -404,6 +494,8 @@ class PlaybookRunner:
             later.run()
             if self._ended:
                 return
+        if self._transfer is not None:
+            return
         if self._queued and self._bargein.agent_speaking is None and self._turn is None:
             text, self._queued = " ".join(self._queued), []
             self._user_turn(text, self._time(event))
@@ -416,19 +508,95 @@ class PlaybookRunner:
             self._drop_after(play_id)
 
     def _on_function_call(self, event: Mapping[str, Any]) -> None:
+        """A realtime model's function call: done, and its result sent back to the model (and
+        kept in the history, as a native tool call's)."""
         name = str(event.get("name") or "")
+        given = event.get("arguments")
+        arguments = given if isinstance(given, str) else ""
+        call_id = event.get("callId")
+        call = ToolCall(call_id if isinstance(call_id, str) else "", name, arguments)
+        turn = _Turn(play_id="")
+        respond = True
         try:
-            action = action_from_call(name, event.get("arguments") or "")
+            action = action_from_call(name, arguments)
         except ActionError as exc:
             self._error(str(exc))
-            return
-        turn = _Turn(play_id="")
-        self._act(turn, action, [])
+            result = f"Error: {exc}. Nothing was done."
+        else:
+            if isinstance(action, Goto) and action.scene not in self.playbook.scenes:
+                self._error(f"goto: no scene '{action.scene}'")
+                known = ", ".join(sorted(self.playbook.scenes))
+                result = f"Error: there is no scene '{action.scene}' (scenes: {known})."
+            else:
+                self._act(turn, action, [])
+                result = _realtime_done(action)
+                # the call ends, or another party takes the line: the model has nothing to say
+                respond = not isinstance(action, Hangup | Refer)
+        self.history.append(assistant_message("", [call]))
+        self.history.append(tool_message(call, result))
+        if self._realtime is not None and call.id:
+            try:
+                self._realtime.function_result(call.id, result, respond=respond)
+            except Exception as exc:  # the bridge is gone: the call goes on
+                self._error(f"realtime: the function result was not sent: {exc}")
         self._finish_actions(turn)
 
-    def _on_hangup(self, event: Mapping[str, Any]) -> None:
-        if event.get("refer"):
+    def _on_add_history(self, event: Mapping[str, Any]) -> None:
+        """Realtime mode: the bridge's transcripts (no ``sender``) are the dialogue."""
+        if self.playbook.realtime is None or event.get("sender") is not None:
             return
+        speaker, text = event.get("speaker"), event.get("text")
+        if speaker in ("user", "assistant") and isinstance(text, str) and text.strip():
+            self.history.append({"role": speaker, "content": text})
+
+    def _on_error(self, event: Mapping[str, Any]) -> None:
+        """A ``refer`` the session refused (no SIP, a leg already up) is a failed transfer."""
+        if event.get("command") == "refer" and self._dialled is not None:
+            self._transfer_failed(str(event.get("error") or "refused"))
+
+    # -- the transfer leg's events (refer:true)
+
+    def _on_refer_up(self, event: Mapping[str, Any]) -> None:
+        """The leg rings or answered: the caller is with the other party from now on."""
+        if self._transfer is None:
+            self._transfer, self._dialled = self._dialled or "", None  # "": a client's refer
+            self._cancel_turn()  # a turn the caller started while it was being dialled
+        self._resume_at = None
+
+    def _on_refer_reject(self, event: Mapping[str, Any]) -> None:
+        code, reason = event.get("code"), str(event.get("reason") or "").strip()
+        detail = " ".join(str(part) for part in (code, reason) if part not in (None, ""))
+        self._transfer_failed(detail or "no reason given")
+
+    def _on_refer_hangup(self, event: Mapping[str, Any]) -> None:
+        """The leg ended; unless the call ends with it (``autoHangup``), the agent is back."""
+        callee = self._transfer if self._transfer is not None else self._dialled
+        self._transfer = self._dialled = None
+        if callee is None or not self._answered:
+            return
+        self._note(f"The transfer to {callee or 'the other party'} ended.")
+        self._followups = 0
+        followup = self._followup()
+        if followup is not None:
+            self._resume_at = self._time(event) + followup.timeout_ms
+
+    def _transfer_failed(self, detail: str) -> None:
+        callee = self._transfer if self._transfer is not None else self._dialled
+        self._transfer = self._dialled = None
+        text = f"The transfer to {callee or 'the other party'} failed: {detail}."
+        if self._realtime is not None:
+            self.history.append({"role": "system", "content": text})
+            try:
+                self._realtime.tell(text)
+            except Exception as exc:
+                self._error(f"realtime: the model was not told: {exc}")
+            return
+        self._note(text)
+        self._followups = 0
+        if self._answered:
+            self._start_turn()  # the agent tells the caller
+
+    def _on_hangup(self, event: Mapping[str, Any]) -> None:
         self._ended = True
         self._cancel_turn()
         self._collection = None
@@ -449,7 +617,15 @@ class PlaybookRunner:
         "trackEnd": _on_track_end,
         "interruption": _on_interruption,
         "functionCall": _on_function_call,
+        "addHistory": _on_add_history,
+        "error": _on_error,
         "hangup": _on_hangup,
+    }
+    _REFER_HANDLERS: Mapping[str, Callable[[PlaybookRunner, Mapping[str, Any]], None]] = {
+        "ringing": _on_refer_up,
+        "answer": _on_refer_up,
+        "reject": _on_refer_reject,
+        "hangup": _on_refer_hangup,
     }
 
     # ------------------------------------------------------------------ the dialogue
@@ -506,6 +682,7 @@ class PlaybookRunner:
         """Ask the LLM for the agent's next reply; ``restore`` (the history and summary
         before it) makes it an early turn on a transcript that is not final yet."""
         self._cancel_turn()
+        self._resume_at = None
         message: dict[str, Any] | None = None
         if user is not None:
             message = {"role": "user", "content": user}
@@ -599,8 +776,11 @@ class PlaybookRunner:
         parser = ReplyParser()
         calls = ToolCallAssembler()
         turn.reply = parser
+        started, first_at = self._clock(), None
         async with contextlib.aclosing(self._chat(messages)) as stream:
             async for delta in stream:
+                if first_at is None:
+                    first_at = self._clock()
                 if turn.provisional:
                     await self._confirmed(turn)  # the reply is ready: it waits for the final
                 if turn.cancelled:
@@ -615,6 +795,7 @@ class PlaybookRunner:
                         # latency when more text follows at once)
                         before_tag = isinstance(_at(items, index + 1), ActionTag)
                         self._item(turn, item, done.requests, last=before_tag)
+        self._llm_metrics(turn, started, first_at)
         await self._confirmed(turn)
         for item in parser.finish():
             self._item(turn, item, done.requests, last=True)
@@ -627,6 +808,20 @@ class PlaybookRunner:
         turn.reply = None
         self._flush_notes(turn)
         return done
+
+    def _llm_metrics(self, turn: _Turn, started: int, first_at: int | None) -> None:
+        """``metrics`` of one LLM round: time to its first delta and to its end."""
+        if self._metric is None:
+            return
+        provider = self._option.provider or "openai"
+        now = self._clock()
+        data = {"playId": turn.play_id}
+        try:
+            if first_at is not None:
+                self._metric(f"ttfb.llm.{provider}", max(0, first_at - started), data)
+            self._metric(f"completed.llm.{provider}", max(0, now - started), data)
+        except Exception:  # a metric must never end a turn
+            log.exception("playbook metrics failed")
 
     async def _chat(self, messages: list[ChatMessage]) -> AsyncGenerator[ChatDelta, None]:
         """The LLM's reply, offered the playbook's tools unless they are off; a server that
@@ -749,6 +944,8 @@ class PlaybookRunner:
             self._goto(action.scene, by_key=False)
         elif isinstance(action, SetVar):
             self.vars[action.key] = action.value
+            if self._set_extra is not None:
+                self._set_extra(action.key, action.value)  # the call record's extras
         elif isinstance(action, Http):
             requests.append(action)
         elif isinstance(action, Collect):
@@ -802,7 +999,11 @@ class PlaybookRunner:
                 "streaming": True,
                 "endOfStream": True,
             }
-            if hangup and not plays:
+            if hangup and not plays and self.playbook.hangup_headers:
+                # the runner hangs up itself once the speech has been heard: its hangup
+                # carries the rendered headers, which autoHangup cannot
+                later.append(_Later(self._hangup_heard))
+            elif hangup and not plays:
                 final["autoHangup"] = True
             elif not plays and not refers and turn.collection is None:
                 self._with_wait_input(final, turn.wait_input_ms)
@@ -823,6 +1024,11 @@ class PlaybookRunner:
             return
         self.scene = scene
         self._render_scene()
+        if self._realtime is not None:
+            try:
+                self._realtime.update_instructions(render(scene.prompt, self._template_vars()))
+            except Exception as exc:
+                self._error(f"realtime: the new scene's instructions were not sent: {exc}")
         if not by_key:
             return  # the LLM switched scene in the middle of its reply: it carries on
         # A key moved the caller: the scene's file, then the LLM speaks for the new scene.
@@ -907,7 +1113,9 @@ class PlaybookRunner:
     def _play(self, file: str, *, auto_hangup: bool = False) -> str:
         play_id = self._new_play_id()
         command: dict[str, Any] = {"command": "play", "url": file, "playId": play_id}
-        if auto_hangup:
+        if auto_hangup and self.playbook.hangup_headers:
+            self._then(play_id, self._hangup_heard)
+        elif auto_hangup:
             command["autoHangup"] = True
         else:
             self._with_wait_input(command)
@@ -918,15 +1126,25 @@ class PlaybookRunner:
         self._play(file, auto_hangup=auto_hangup)
 
     def _refer(self, to: str) -> None:
+        self._dialled = to  # its leg's ringing or answer puts the caller through to them
+        self._resume_at = None
         self._send({"command": "refer", "caller": "", "callee": to})
 
-    def _hangup_now(self, initiator: str) -> None:
-        command: dict[str, Any] = {"command": "hangup", "reason": initiator, "initiator": initiator}
+    def _hangup_now(self, initiator: str, reason: str | None = None) -> None:
+        command: dict[str, Any] = {
+            "command": "hangup",
+            "reason": reason or initiator,
+            "initiator": initiator,
+        }
         headers = self.playbook.hangup_headers
         if headers:
             variables = self._template_vars()
             command["headers"] = {k: render(v, variables) for k, v in headers.items()}
         self._send(command)
+
+    def _hangup_heard(self) -> None:
+        """What ``autoHangup`` does, with the rendered ``sip.hangup_headers`` on the BYE."""
+        self._hangup_now("system", reason="autohangup")
 
     def _then(self, play_id: str, action: Callable[[], None], *, keep: bool = False) -> None:
         self._after.setdefault(play_id, []).append(_Later(action, keep))
@@ -1097,6 +1315,20 @@ async def _deltas(stream: AsyncIterator[ChatDelta]) -> AsyncGenerator[ChatDelta,
 def _refuses_tools(exc: ProviderError) -> bool:
     """True when the LLM server refused the request because of its ``tools``."""
     return exc.code is not None and exc.code >= 400 and "tool" in str(exc).lower()
+
+
+def _realtime_done(action: Action) -> str:
+    """A realtime function call's result once its action has been carried out."""
+    if isinstance(action, Hangup):
+        return "The call is ending now."
+    if isinstance(action, Refer):
+        return f"The caller is being transferred to {action.to}."
+    return _done(action)
+
+
+def _eou_off(eou: Any) -> bool:
+    """True when the front matter's ``eou`` turns the end-of-speech trigger off."""
+    return isinstance(eou, Mapping) and str(eou.get("type") or "").lower() == "none"
 
 
 def _done(action: Action) -> str:

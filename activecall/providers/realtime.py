@@ -68,6 +68,7 @@ __all__ = [
     "TranscriptDelta",
     "TranscriptDone",
     "UserTranscript",
+    "instructions_update",
     "realtime_headers",
     "realtime_url",
     "session_update",
@@ -306,6 +307,17 @@ def session_update(option: RealtimeOption) -> dict[str, Any]:
     return {"type": "session.update", "session": session}
 
 
+def instructions_update(dialect: Dialect, instructions: str) -> dict[str, Any]:
+    """A ``session.update`` that only replaces the instructions (the GA dialect needs the
+    session's ``type`` in every update; fields left out keep their values)."""
+    if not isinstance(instructions, str):
+        raise TypeError(f"instructions must be a string, got {type(instructions).__name__}")
+    session: dict[str, Any] = {"instructions": instructions}
+    if dialect == "ga":
+        session = {"type": "realtime", **session}
+    return {"type": "session.update", "session": session}
+
+
 # --- events -------------------------------------------------------------------------------------
 
 
@@ -524,13 +536,29 @@ class RealtimeProtocol:
         self._out_item = None
         return out
 
-    def function_result(self, call_id: str, output: str) -> list[str]:
-        """The tool's answer to call ``call_id``, then a request for the model's reply."""
+    def function_result(self, call_id: str, output: str, *, respond: bool = True) -> list[str]:
+        """The tool's answer to call ``call_id``, then (``respond``) a request for the model's
+        reply."""
         if not isinstance(call_id, str) or not call_id:
             raise TypeError("call_id must be a non-empty string")
         if not isinstance(output, str):
             raise TypeError(f"output must be a string (JSON text), got {type(output).__name__}")
         item = {"type": "function_call_output", "call_id": call_id, "output": output}
+        out = [_dumps({"type": "conversation.item.create", "item": item})]
+        if respond:
+            out.append(_dumps({"type": "response.create"}))
+        return out
+
+    def system_message(self, text: str) -> list[str]:
+        """A system message (something the model must know now), then a request for its
+        reply."""
+        if not isinstance(text, str) or not text.strip():
+            raise TypeError("a system message must be a non-empty string")
+        item = {
+            "type": "message",
+            "role": "system",
+            "content": [{"type": "input_text", "text": text}],
+        }
         return [
             _dumps({"type": "conversation.item.create", "item": item}),
             _dumps({"type": "response.create"}),
@@ -688,9 +716,15 @@ class RealtimeBridge:
     """
 
     def __init__(
-        self, ws: ClientConnection, protocol: RealtimeProtocol, *, close_timeout: float
+        self,
+        ws: ClientConnection,
+        protocol: RealtimeProtocol,
+        *,
+        close_timeout: float,
+        dialect: Dialect = "ga",
     ) -> None:
         self._ws = ws
+        self._dialect: Dialect = dialect
         self._protocol = protocol
         self._close_timeout = close_timeout
         self._outbox: deque[tuple[str, bool]] = deque()  # (event, is an append)
@@ -742,7 +776,7 @@ class RealtimeBridge:
         except BaseException:
             await ws.close()
             raise
-        return cls(ws, protocol, close_timeout=close_timeout)
+        return cls(ws, protocol, close_timeout=close_timeout, dialect=option.dialect)
 
     @property
     def pushed_ms(self) -> int:
@@ -768,9 +802,22 @@ class RealtimeBridge:
         if not self._closing:
             self._queue(messages)
 
-    def send_function_result(self, call_id: str, output: str) -> None:
-        """Answer function call ``call_id`` with ``output`` and ask the model to go on."""
-        messages = self._protocol.function_result(call_id, output)
+    def send_function_result(self, call_id: str, output: str, *, respond: bool = True) -> None:
+        """Answer function call ``call_id`` with ``output`` and (``respond``) ask the model to
+        go on."""
+        messages = self._protocol.function_result(call_id, output, respond=respond)
+        if not self._closing:
+            self._queue(messages)
+
+    def update_instructions(self, instructions: str) -> None:
+        """Replace the session's instructions (``session.update``)."""
+        message = _dumps(instructions_update(self._dialect, instructions))
+        if not self._closing:
+            self._queue([message])
+
+    def send_system_message(self, text: str) -> None:
+        """Tell the model ``text`` as a system message and ask it to reply."""
+        messages = self._protocol.system_message(text)
         if not self._closing:
             self._queue(messages)
 

@@ -7,6 +7,9 @@ server-side track. Mapped to the call's events (reference §7.4): the API's spee
 caller stopped hearing it); the assistant's transcript deltas → ``asrDelta``, its finished
 sentences and the caller's transcribed turns → ``addHistory``; function calls →
 ``functionCall``; errors the API reports → ``error`` (sender ``realtime``) and the call goes on.
+Whoever handles the function calls (a playbook) answers them with
+:meth:`RealtimeAgent.function_result`, and may change the model's instructions or tell it
+something (:meth:`~RealtimeAgent.update_instructions`, :meth:`~RealtimeAgent.tell`).
 """
 
 from __future__ import annotations
@@ -91,12 +94,32 @@ class RealtimeAgent:
         self._bridge: RealtimeBridge | None = None
         self._closed = False
         self._index = 0
+        self._instructions: str | None = None  # set before the bridge was up: sent once it is
         self._task = start_task(self._run())
 
     def push(self, pcm: Pcm) -> None:
         """Caller audio (16 kHz); dropped until the bridge is up."""
         if self._bridge is not None:
             self._bridge.push_audio(pcm.astype("<i2", copy=False).tobytes())
+
+    def function_result(self, call_id: str, output: str, *, respond: bool = True) -> None:
+        """Answer the model's function call ``call_id``; ``respond``: it replies next."""
+        if self._bridge is not None:
+            self._bridge.send_function_result(call_id, output, respond=respond)
+
+    def update_instructions(self, instructions: str) -> None:
+        """Replace the model's instructions (a playbook's scene switch)."""
+        if not isinstance(instructions, str):
+            raise TypeError(f"instructions must be a string, got {type(instructions).__name__}")
+        if self._bridge is not None:
+            self._bridge.update_instructions(instructions)
+        else:
+            self._instructions = instructions
+
+    def tell(self, text: str) -> None:
+        """Tell the model something that happened (a system message); it replies."""
+        if self._bridge is not None:
+            self._bridge.send_system_message(text)
 
     async def aclose(self) -> None:
         """End the bridge (the call ended); idempotent."""
@@ -121,6 +144,8 @@ class RealtimeAgent:
             await bridge.aclose()
             return
         self._bridge = bridge
+        if self._instructions is not None:
+            bridge.update_instructions(self._instructions)
         try:
             async for event in bridge.events():
                 self._on_event(bridge, event)

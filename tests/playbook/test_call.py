@@ -16,7 +16,7 @@ from activecall._native.silero import VadSession
 from activecall.playbook.call import REALTIME_TOOLS, PlaybookCall, attach_playbook, merge_option
 from activecall.providers.registry import registry
 from activecall.workers.session import CallSession, SessionSettings, session_factory
-from tests.playbook.scripted import KEY, ScriptedOpenAi
+from tests.playbook.scripted import KEY, Recorder, ScriptedOpenAi
 from tests.providers.fakes.realtime import FakeRealtime, Turn
 from tests.workers.test_realtime_call import LoopPort
 from tests.workers.test_voice import KEY_WORDS, piper_speech
@@ -283,3 +283,110 @@ def test_a_broken_playbook_named_by_the_call_is_an_error_event_with_its_line(
     (error,) = port.events
     assert error["event"] == "error" and error["sender"] == "playbook"
     assert says.format(path=path) in error["error"], error["error"]
+
+
+def test_realtime_function_results_go_back_a_scene_switch_reinstructs_and_the_posthook_has_it(
+    tmp_path: Path,
+) -> None:
+    turns = (
+        Turn(200, 900, user_text="billing please", call=("goto_scene", '{"scene": "billing"}')),
+        Turn(2600, 3200, user_text="thanks bye", call=("hangup_call", "{}")),
+    )
+
+    async def main() -> tuple[LoopPort, FakeRealtime, Recorder]:
+        async with FakeRealtime(api_key=KEY, turns=turns) as fake, Recorder({}) as hook:
+            fake.function_reply = "You are in billing now"
+            realtime = (
+                f"{{provider: openai, endpoint: '{fake.url}/v1', apiKey: {KEY},"
+                " extra: {transcriptionModel: whisper-1}}"
+            )
+            text = (
+                "---\n"
+                f"realtime: {realtime}\n"
+                f"posthook: {{url: '{hook.url}/done'}}\n"
+                "---\n"
+                "# Scene: main\nRoute the call {{ session_id }}.\n"
+                "# Scene: billing\nHelp with bills on {{ call_type }}.\n"
+            )
+            port = LoopPort()
+            session = CallSession(port, "pb7", dump=False, settings=SessionSettings())
+            call = attach_playbook(session, {"playbook": text})
+            call.on_text(json.dumps({"command": "invite", "option": {"codec": "pcm"}}))
+            silence = np.zeros(320, np.int16).tobytes()
+            async with asyncio.timeout(20):
+                while not port.ended:
+                    call.on_audio(silence)
+                    call.tick(port.now_ms())
+                    await asyncio.sleep(0.02)
+                while not hook.received:
+                    await asyncio.sleep(0.02)
+            return port, fake, hook
+
+    port, fake, hook = asyncio.run(main())
+    conn = fake.connections[0]
+    first, switch = conn.of_type("session.update")
+    assert first["session"]["instructions"] == "Route the call pb7."
+    assert switch == {
+        "type": "session.update",
+        "session": {"type": "realtime", "instructions": "Help with bills on websocket."},
+    }
+    (call_id, *_) = (e["callId"] for e in events(port, "functionCall"))
+    created = conn.of_type("conversation.item.create")[0]
+    assert created["item"] == {
+        "type": "function_call_output",
+        "call_id": call_id,
+        "output": "Now in scene 'billing'.",
+    }
+    kinds = [t for t in conn.types() if t != "input_audio_buffer.append"]
+    assert kinds[:4] == [
+        "session.update",
+        "session.update",
+        "conversation.item.create",
+        "response.create",
+    ]
+    assert conn.sent_of_type("error") == []
+    ((_, path, _, body),) = hook.received
+    assert path == "/done"
+    assert [(m["role"], m["content"]) for m in body["history"]] == [
+        ("user", "billing please"),
+        ("assistant", '[called goto_scene {"scene": "billing"}]'),
+        ("tool", "Now in scene 'billing'."),
+        ("assistant", "You are in billing now"),
+        ("user", "thanks bye"),
+        ("assistant", "[called hangup_call {}]"),
+        ("tool", "The call is ending now."),
+    ]
+
+
+def test_set_var_values_are_in_the_call_record_and_llm_rounds_are_metrics(
+    tmp_path: Path,
+) -> None:
+    async def main() -> LoopPort:
+        async with ScriptedOpenAi(['<set_var key="topic" value="billing"/>Hello there.']) as fake:
+            text = (
+                "---\n"
+                "tts: {provider: piper}\n"
+                f"llm: {{baseUrl: '{fake.url}', apiKey: {KEY}}}\n"
+                "extra: {source: playbook}\n"
+                "---\n"
+                "Greet the caller.\n"
+            )
+            port = LoopPort()
+            settings = SessionSettings(callrecord_dir=tmp_path)
+            session = CallSession(port, "pb8", dump=False, settings=settings)
+            call = attach_playbook(session, {"playbook": text})
+            call.on_text(json.dumps({"command": "invite", "option": {"codec": "pcm"}}))
+            await ticking(call, port, lambda: bool(events(port, "addHistory")), timeout=10)
+            call.on_text(json.dumps({"command": "hangup"}))
+            await asyncio.sleep(0.05)
+            await registry.aclose()
+            return port
+
+    port = asyncio.run(main())
+    (record,) = tmp_path.glob("*/*_pb8.json")
+    assert json.loads(record.read_text())["extras"] == {"source": "playbook", "topic": "billing"}
+    metrics = {e["key"]: e for e in events(port, "metrics") if ".llm." in e["key"]}
+    assert set(metrics) == {"ttfb.llm.openai", "completed.llm.openai"}
+    assert metrics["ttfb.llm.openai"]["data"] == {"playId": "pb8-pb1"}
+    assert metrics["ttfb.llm.openai"]["duration"] <= metrics["completed.llm.openai"]["duration"]
+    assert "error" not in port.names()

@@ -1151,3 +1151,266 @@ def test_an_early_turn_with_context_repair_confirmed_or_dropped(final: str) -> N
         assert user == [f"I want to {final}"]
         assert "Early answer." not in [c["text"] for c in call.tts()]
         assert call.tts()[-1]["text"] == "Which one?"
+
+
+# --- sip.hangup_headers on every hangup the playbook causes ---------------------------------------
+
+HANGUP_HEADERS = """\
+sip:
+  hangup_headers:
+    X-Outcome: '{{ outcome }}'
+    X-Call: '{{ session_id }}'
+"""
+
+
+def test_a_hangup_tag_with_hangup_headers_hangs_up_after_the_speech_with_them() -> None:
+    reply = ['<set_var key="outcome" value="booked"/>You are booked. Goodbye! <hangup/>']
+
+    async def scenario(call: Call) -> None:
+        call.event("answer", trackId="s1", sdp="")
+        await call.turn_done()
+        final = call.tts()[-1]
+        assert final["text"] == "Goodbye!" and final["endOfStream"] is True
+        assert "autoHangup" not in final  # a session's autoHangup would send no headers
+        play_id = call.last_play_id()
+        call.event("trackStart", trackId="server-side-track", playId=play_id)
+        assert call.named("hangup") == []  # not before the last sentence has been heard
+        call.at(4000).event("trackEnd", trackId="server-side-track", playId=play_id)
+
+    call = run(scenario, reply, front=HANGUP_HEADERS)
+    assert call.commands[-1] == {
+        "command": "hangup",
+        "reason": "autohangup",
+        "initiator": "system",
+        "headers": {"X-Outcome": "booked", "X-Call": "s1"},
+    }
+
+
+def test_hangup_headers_after_a_file_and_none_when_the_caller_cuts_the_goodbye_off() -> None:
+    async def file_then_hangup(call: Call) -> None:
+        call.event("answer", trackId="s1", sdp="")
+        await call.turn_done()
+        call.heard(call.last_play_id())  # the speech; then the file plays
+        play = call.commands[-1]
+        assert play["command"] == "play" and "autoHangup" not in play
+        assert call.named("hangup") == []
+        call.heard(play["playId"])
+
+    reply = ['<set_var key="outcome" value="done"/>Our jingle. <play file="j.wav"/><hangup/>']
+    call = run(file_then_hangup, reply, front=HANGUP_HEADERS)
+    assert call.named("hangup") == [
+        {
+            "command": "hangup",
+            "reason": "autohangup",
+            "initiator": "system",
+            "headers": {"X-Outcome": "done", "X-Call": "s1"},
+        }
+    ]
+
+    async def cut_off(call: Call) -> None:
+        call.event("answer", trackId="s1", sdp="")
+        await call.turn_done()
+        play_id = call.last_play_id()
+        call.event("trackStart", trackId="server-side-track", playId=play_id)
+        call.at(2000).event("speaking", trackId="s1", startTime=T0 + 1800)
+        call.event("interruption", trackId="server-side-track", playId=play_id, current=2000)
+        call.event("trackEnd", trackId="server-side-track", playId=play_id, duration=2000)
+
+    call = run(cut_off, ["Goodbye then! <hangup/>"], front=HANGUP_HEADERS)
+    assert call.named("interrupt") != [] and call.named("hangup") == []  # as autoHangup
+
+
+# --- the caller's end of speech starts the turn early ---------------------------------------------
+
+
+def speech_ends(call: Call, words: str, *, start: int = 1000, length: int = 1500) -> None:
+    """The VAD's speaking, the ASR's interim ``words``, then the segment's ending silence."""
+    call.at(start + 300).event("speaking", trackId="s1", startTime=T0 + start)
+    call.at(start + length).event("asrDelta", trackId="s1", index=0, text=words)
+    call.at(start + length + 300).event(
+        "silence", trackId="s1", startTime=T0 + start, duration=length
+    )
+
+
+def test_the_end_of_the_callers_speech_starts_the_turn_held_until_the_final() -> None:
+    async def scenario(call: Call) -> None:
+        call.event("answer", trackId="s1", sdp="")
+        call.heard(call.last_play_id())
+        speech_ends(call, "where is my order")
+        await reply_ready(call, 1)
+        assert len(call.tts()) == 1  # only the greeting: nothing is said before the final
+        call.event("asrFinal", trackId="s1", index=0, text="Where is my order?")
+        await call.turn_done()
+
+    call = run(scenario, ["It shipped.", " It arrives Friday."], front="greeting: Hi.\n")
+    (chat,) = call.fake.chats()  # the early request was the turn's request
+    assert chat["messages"][-1] == {"role": "user", "content": "where is my order"}
+    assert [c["text"] for c in call.tts()] == ["Hi.", "It shipped. ", "It arrives Friday."]
+    assert {"role": "user", "content": "Where is my order?"} in call.runner.history
+
+
+def test_an_early_turn_whose_final_differs_is_dropped_and_the_final_answered() -> None:
+    async def scenario(call: Call) -> None:
+        call.event("answer", trackId="s1", sdp="")
+        call.heard(call.last_play_id())
+        speech_ends(call, "what time")
+        await reply_ready(call, 1)
+        call.event("asrFinal", trackId="s1", index=0, text="What time do you open?")
+        await call.turn_done()
+
+    call = run(scenario, ["Six."], ["We open at nine."], front="greeting: Hi.\n")
+    first, second = call.fake.chats()  # one LLM call wasted
+    assert first["messages"][-1]["content"] == "what time"
+    assert second["messages"][-1]["content"] == "What time do you open?"
+    assert [c["text"] for c in call.tts()] == ["Hi.", "We open at nine."]
+
+
+def test_only_the_silence_that_ends_a_speech_segment_with_words_heard_starts_a_turn() -> None:
+    async def scenario(call: Call) -> None:
+        call.event("answer", trackId="s1", sdp="")
+        call.heard(call.last_play_id())
+        call.at(500).event("speaking", trackId="s1", startTime=T0 + 200)
+        call.event("asrDelta", trackId="s1", index=0, text="hello")
+        # a silenceTimeout tick (startTime = the silence's start), the server-side track's
+        # waitInputTimeout silence: neither ends the caller's speech
+        call.at(3000).event("silence", trackId="s1", startTime=T0 + 1000, duration=2000)
+        call.event("silence", trackId="server-side-track", startTime=T0, duration=2000)
+        # a segment with no words heard since the last final
+        call.at(4000).event("speaking", trackId="s1", startTime=T0 + 3500)
+        call.event("asrFinal", trackId="s1", index=0, text="")
+        call.at(4500).event("silence", trackId="s1", startTime=T0 + 3500, duration=700)
+        await asyncio.sleep(0.1)
+
+    call = run(scenario, front="greeting: Hi.\n")
+    assert call.fake.chats() == []
+
+
+def test_eou_type_none_turns_the_end_of_speech_trigger_off() -> None:
+    async def scenario(call: Call) -> None:
+        call.event("answer", trackId="s1", sdp="")
+        call.heard(call.last_play_id())
+        speech_ends(call, "where is my order")
+        await asyncio.sleep(0.1)
+        assert call.fake.chats() == []
+        call.event("asrFinal", trackId="s1", index=0, text="Where is my order?")
+        await call.turn_done()
+
+    call = run(scenario, ["It shipped."], front="greeting: Hi.\neou:\n  type: none\n")
+    (chat,) = call.fake.chats()
+    assert chat["messages"][-1] == {"role": "user", "content": "Where is my order?"}
+    assert call.playbook.option["eou"]["type"] == "none"  # still carried into the option
+
+
+# --- transfers ------------------------------------------------------------------------------------
+
+
+def test_a_failed_transfer_is_told_to_the_model_which_tells_the_caller() -> None:
+    async def scenario(call: Call) -> None:
+        call.event("answer", trackId="s1", sdp="")
+        await call.turn_done()
+        call.heard(call.last_play_id())
+        assert call.named("refer") != []
+        call.event("ringing", trackId="server-side-track", earlyMedia=False, refer=True)
+        call.event("reject", trackId="server-side-track", code=486, reason="Busy Here", refer=True)
+        await call.turn_done(2)
+
+    replies = (
+        ['One moment. <refer to="sip:sales@example.com"/>'],
+        ["Sorry, sales is busy. Can I help instead?"],
+    )
+    call = run(scenario, *replies)
+    _, second = call.fake.chats()
+    assert second["messages"][-1] == {
+        "role": "system",
+        "content": "The transfer to sip:sales@example.com failed: 486 Busy Here.",
+    }
+    assert call.named("history")[-1]["text"] == "Sorry, sales is busy. Can I help instead?"
+
+
+def test_while_transferred_the_caller_is_left_alone_and_afterwards_follow_ups_resume() -> None:
+    front = "greeting: Hi.\nfollowUp:\n  timeout: 5000\n  maxCount: 2\n"
+
+    async def scenario(call: Call) -> None:
+        call.event("answer", trackId="s1", sdp="")
+        call.heard(call.last_play_id())
+        call.at(1000).event("dtmf", trackId="s1", digit="0")  # the transfer key
+        assert call.named("refer")[-1]["callee"] == "sip:desk@pbx"
+        call.at(1100).event("ringing", trackId="server-side-track", earlyMedia=False, refer=True)
+        call.at(3000).event("answer", trackId="server-side-track", sdp="", refer=True)
+        # the caller talks to the desk: no turn, no barge-in, no follow-up, keys go on
+        speech_ends(call, "hi is this the desk", start=4000)
+        call.at(6000).event("asrFinal", trackId="s1", index=0, text="Hi, is this the desk?")
+        call.at(9000).event("silence", trackId="server-side-track", startTime=T0, duration=5000)
+        call.event("dtmf", trackId="s1", digit="0")
+        call.event("dtmf", trackId="server-side-track", digit="5", refer=True)
+        call.runner.tick(T0 + 20_000)
+        await asyncio.sleep(0.1)
+        assert call.fake.chats() == [] and len(call.named("refer")) == 1
+        assert call.named("interrupt") == []
+        # the desk hangs up and the call goes on (autoHangup false): follow-ups restart
+        call.at(30_000).event("hangup", trackId="server-side-track", refer=True)
+        call.runner.tick(T0 + 34_000)
+        await asyncio.sleep(0.05)
+        assert call.fake.chats() == []
+        call.runner.tick(T0 + 35_000)
+        await call.turn_done()
+
+    body = '<dtmf digit="0" action="transfer" target="sip:desk@pbx"/>\nYou help callers.\n'
+    call = run(scenario, ["Are you still there?"], front=front, body=body)
+    (chat,) = call.fake.chats()
+    assert chat["messages"][-2:] == [
+        {"role": "system", "content": "The transfer to sip:desk@pbx ended."},
+        {"role": "system", "content": FOLLOWUP_NUDGE},
+    ]
+    assert call.tts()[-1]["text"] == "Are you still there?"
+
+
+def test_a_refer_the_session_refuses_is_a_failed_transfer() -> None:
+    async def scenario(call: Call) -> None:
+        call.event("answer", trackId="s1", sdp="")
+        await call.turn_done()
+        call.heard(call.last_play_id())
+        call.event(
+            "error",
+            trackId="s1",
+            sender="command",
+            command="refer",
+            error="refer needs SIP, which is not configured on this server",
+        )
+        await call.turn_done(2)
+
+    replies = (['<refer to="sip:x@y"/>Transferring.'], ["I cannot transfer you, sorry."])
+    call = run(scenario, *replies)
+    _, second = call.fake.chats()
+    assert second["messages"][-1]["content"] == (
+        "The transfer to sip:x@y failed: refer needs SIP, which is not configured on this server."
+    )
+
+
+# --- set_var in the call's extras, LLM metrics ----------------------------------------------------
+
+
+def test_set_var_values_reach_the_extras_and_each_llm_round_is_measured() -> None:
+    extras: dict[str, str] = {}
+    metrics: list[tuple[str, int, dict[str, Any]]] = []
+
+    async def scenario(call: Call) -> None:
+        call.runner = PlaybookRunner(
+            call.playbook,
+            send=call.commands.append,
+            llm=call.llm,
+            facts=CallFacts(session_id="s1"),
+            clock=lambda: call.now,
+            set_extra=extras.__setitem__,
+            metric=lambda key, ms, data: metrics.append((key, ms, dict(data))),
+        )
+        call.event("answer", trackId="s1", sdp="")
+        await call.turn_done()
+
+    run(scenario, ['<set_var key="topic" value="billing"/>Hello.'])
+    assert extras == {"topic": "billing"}
+    assert [(key, data) for key, _, data in metrics] == [
+        ("ttfb.llm.openai", {"playId": "s1-pb1"}),
+        ("completed.llm.openai", {"playId": "s1-pb1"}),
+    ]
+    assert all(ms >= 0 for _, ms, _ in metrics)

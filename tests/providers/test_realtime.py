@@ -29,6 +29,7 @@ from activecall.providers.realtime import (
     TranscriptDelta,
     TranscriptDone,
     UserTranscript,
+    instructions_update,
     realtime_headers,
     realtime_url,
 )
@@ -783,3 +784,68 @@ def test_protocol_batch_size_must_be_sane() -> None:
     (append,) = protocol.push_audio(b"\0" * 640)
     assert len(base64.b64decode(json.loads(append)["audio"])) >= 960  # 20 ms at 24 kHz
     assert protocol.pushed_ms == 40
+
+
+# --- what a playbook sends: new instructions, results without a reply, system messages ----------
+
+
+@pytest.mark.parametrize("dialect", ["ga", "beta"])
+def test_new_instructions_and_a_result_that_asks_no_reply(dialect: str, speech: bytes) -> None:
+    turns = (Turn(100, 600, call=("goto_scene", '{"scene": "b"}')),)
+
+    async def scenario() -> RealtimeConnection:
+        async with FakeRealtime(api_key=KEY, turns=turns) as fake:
+            bridge = await RealtimeBridge.connect(
+                option(fake, extra={"protocol": dialect, "instructions": "Scene a."})
+            )
+            async with aclosing(bridge.events()) as events:
+                push(bridge, speech[: 700 * MS])
+                first = await take_until(events, is_done)
+                call = next(e for e in first if isinstance(e, FunctionCall))
+                bridge.update_instructions("Scene b.")
+                bridge.send_function_result(call.call_id, "Now in b.", respond=False)
+                conn = fake.connections[0]
+                await until(lambda: len(conn.of_type("conversation.item.create")) == 1)
+                await asyncio.sleep(0.1)  # a response.create would have been answered by now
+            await bridge.aclose()
+            return conn
+
+    conn = run(scenario)
+    updates = conn.of_type("session.update")
+    assert updates[0]["session"]["instructions"] == "Scene a."
+    session = (
+        {"type": "realtime", "instructions": "Scene b."}
+        if dialect == "ga"
+        else {"instructions": "Scene b."}
+    )
+    assert updates[1] == {"type": "session.update", "session": session}
+    assert len(conn.sent_of_type("session.updated")) == 2  # the service took it
+    non_audio = [t for t in conn.types() if t != "input_audio_buffer.append"]
+    assert non_audio == ["session.update", "session.update", "conversation.item.create"]
+    assert conn.sent_of_type("error") == []
+
+
+def test_protocol_system_message_and_instructions_update_shapes_and_bad_input() -> None:
+    protocol = RealtimeProtocol()
+    item, respond = (json.loads(m) for m in protocol.system_message("The transfer failed."))
+    assert item == {
+        "type": "conversation.item.create",
+        "item": {
+            "type": "message",
+            "role": "system",
+            "content": [{"type": "input_text", "text": "The transfer failed."}],
+        },
+    }
+    assert respond == {"type": "response.create"}
+    (result,) = protocol.function_result("call_1", "ok", respond=False)
+    assert json.loads(result)["item"]["type"] == "function_call_output"
+    assert instructions_update("beta", "x") == {
+        "type": "session.update",
+        "session": {"instructions": "x"},
+    }
+    with pytest.raises(TypeError, match="non-empty string"):
+        protocol.system_message("  ")
+    with pytest.raises(TypeError, match="non-empty string"):
+        protocol.system_message(None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="instructions must be a string"):
+        instructions_update("ga", 3)  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import pytest
 
 from activecall.workers.session import CallSession, SessionSettings
 from tests.providers.fakes.realtime import FakeRealtime, Turn
@@ -127,3 +128,36 @@ def test_a_bad_realtime_option_is_an_error(tmp_path: Path) -> None:
     port = asyncio.run(main())
     assert port.names() == ["error", "trackStart", "answer", "hangup"]
     assert "endpoint" in port.events[0]["error"]
+
+
+def test_instructions_changed_before_the_bridge_is_up_are_sent_once_it_is(tmp_path: Path) -> None:
+    async def main() -> tuple[LoopPort, list[dict[str, Any]]]:
+        port = LoopPort()
+        async with FakeRealtime(api_key=KEY) as fake:
+            session = CallSession(port, "rt4", dump=False, settings=SessionSettings())
+            realtime = {
+                "provider": "openai",
+                "endpoint": f"{fake.url}/v1",
+                "apiKey": KEY,
+                "extra": {"instructions": "Scene one."},
+            }
+            session.on_text(json.dumps({"command": "invite", "option": {"realtime": realtime}}))
+            agent = session.realtime
+            assert agent is not None
+            agent.update_instructions("Scene two.")  # still connecting
+            with pytest.raises(TypeError, match="instructions must be a string"):
+                agent.update_instructions(None)  # type: ignore[arg-type]
+            await stream(session, np.zeros(16000, np.int16), port)
+            session.on_text(json.dumps({"command": "hangup"}))
+            assert session.realtime is None  # gone with the call
+            await asyncio.sleep(0.05)
+            updates = fake.connections[0].of_type("session.update")
+        return port, updates
+
+    port, updates = asyncio.run(main())
+    assert [u["session"]["instructions"] for u in updates] == ["Scene one.", "Scene two."]
+    assert updates[1] == {
+        "type": "session.update",
+        "session": {"type": "realtime", "instructions": "Scene two."},
+    }
+    assert "error" not in port.names()
