@@ -193,6 +193,7 @@ class _Playing:
     wait_input_ms: int | None
     started_ms: int
     speech: SpeechTrack | None = None  # what feeds a TTS track
+    interrupted: bool = False  # its ``interruption`` was sent (a graceful end may follow)
 
 
 @dataclass(slots=True)
@@ -670,7 +671,8 @@ class CallSession:
             return
         track = playing.track
         speech = playing.speech
-        if not track.finished:
+        if not track.finished and not playing.interrupted:
+            playing.interrupted = True  # one event per track, however often it is cut
             spoken = speech.spoken_at(track.played_samples) if speech is not None else None
             self._emit(
                 InterruptionEvent(

@@ -134,6 +134,23 @@ def test_interrupt_stops_within_a_frame_and_graceful_finishes_the_sentence(
     assert abs(frames_after["soft"] - frames_after["sentence"]) <= 5, frames_after
 
 
+def test_a_track_cut_twice_has_one_interruption(tmp_path: Path) -> None:
+    """A graceful interrupt, then a new reply before the sentence ends: one event."""
+
+    async def main(session: CallSession, port: LoopPort) -> None:
+        send(session, {"command": "invite", "option": {}})
+        text = "First sentence is here. Second sentence follows it."
+        send(session, {"command": "tts", "text": text, "playId": "soft"})
+        await run_until(session, port, lambda: len(port.audio) > 25)
+        send(session, {"command": "interrupt", "graceful": True})
+        send(session, {"command": "tts", "text": "Okay.", "playId": "next"})
+        await run_until(session, port, lambda: ended(port, "next"))
+
+    port = call(tmp_path, main)
+    assert [e["playId"] for e in events(port, "interruption")] == ["soft"]
+    assert [e.get("playId") for e in events(port, "trackEnd")] == ["soft", "next"]
+
+
 def test_speech_round_trip_piper_to_pocketsphinx_over_pcmu(tmp_path: Path) -> None:
     async def main(session: CallSession, port: LoopPort) -> None:
         speech = await piper_speech("I would like to check my account balance")
