@@ -29,7 +29,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.playbook.scripted import KEY
-from tests.playbook.speech import silence_16k, spoken_16k
+from tests.playbook.speech import keypad_16k, silence_16k, spoken_16k
 from tests.providers.fakes.openai import FakeOpenAi
 
 FRAME_BYTES = 640  # 20 ms of 16 kHz PCM16
@@ -196,6 +196,12 @@ class WsCaller:
         audio = np.concatenate([spoken_16k(text), silence_16k(then_ms)])
         self._said.clear()
         self._pending += audio.astype("<i2").tobytes()
+        await self._said.wait()
+
+    async def press(self, keys: str) -> None:
+        """Press ``keys``: their tones in the call's audio (in-band DTMF), in real time."""
+        self._said.clear()
+        self._pending += keypad_16k(keys).astype("<i2").tobytes()
         await self._said.wait()
 
     async def until(

@@ -21,7 +21,17 @@ import numpy.typing as npt
 
 from activecall.providers.piper import load_voice, voice_files
 
-__all__ = ["FRAME_8K", "Key", "Part", "mulaw_8k", "pcap_ms", "pcap_of", "silence_16k", "spoken_16k"]
+__all__ = [
+    "FRAME_8K",
+    "Key",
+    "Part",
+    "keypad_16k",
+    "mulaw_8k",
+    "pcap_ms",
+    "pcap_of",
+    "silence_16k",
+    "spoken_16k",
+]
 
 RATE = 16000
 FRAME_8K = 160  # 20 ms of 8 kHz samples, one RTP packet
@@ -60,6 +70,24 @@ def spoken_16k(text: str) -> Audio:
 def silence_16k(ms: int) -> Audio:
     """``ms`` of silence at 16 kHz."""
     return np.zeros(RATE * ms // 1000, np.int16)
+
+
+_ROWS, _COLUMNS = (697.0, 770.0, 852.0, 941.0), (1209.0, 1336.0, 1477.0, 1633.0)
+_KEYPAD = ("123A", "456B", "789C", "*0#D")
+
+
+def keypad_16k(keys: str, *, on_ms: int = 100, off_ms: int = 300) -> Audio:
+    """``keys`` pressed on a phone whose audio carries the tones (in-band DTMF, ITU-T Q.23
+    pairs at -10 dBm0 each), ``off_ms`` of silence after each press; 16 kHz."""
+    amplitude = 32636 / 10 ** (3.17 / 20) * 10 ** (-10 / 20)
+    t = np.arange(RATE * on_ms // 1000) / RATE
+    parts: list[Audio] = []
+    for key in keys:
+        (row,) = [i for i, line in enumerate(_KEYPAD) if key.upper() in line]
+        column = _KEYPAD[row].index(key.upper())
+        pair = np.sin(2 * np.pi * _ROWS[row] * t) + np.sin(2 * np.pi * _COLUMNS[column] * t)
+        parts += [(amplitude * pair).astype(np.int16), silence_16k(off_ms)]
+    return np.concatenate(parts) if parts else silence_16k(0)
 
 
 def mulaw_8k(samples: Audio) -> bytes:

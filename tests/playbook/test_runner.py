@@ -1223,6 +1223,9 @@ def test_hangup_headers_after_a_file_and_none_when_the_caller_cuts_the_goodbye_o
 # --- the caller's end of speech starts the turn early ---------------------------------------------
 
 
+EARLY = "greeting: Hi.\neou:\n  type: vad\n"  # the end-of-speech trigger on
+
+
 def speech_ends(call: Call, words: str, *, start: int = 1000, length: int = 1500) -> None:
     """The VAD's speaking, the ASR's interim ``words``, then the segment's ending silence."""
     call.at(start + 300).event("speaking", trackId="s1", startTime=T0 + start)
@@ -1242,7 +1245,7 @@ def test_the_end_of_the_callers_speech_starts_the_turn_held_until_the_final() ->
         call.event("asrFinal", trackId="s1", index=0, text="Where is my order?")
         await call.turn_done()
 
-    call = run(scenario, ["It shipped.", " It arrives Friday."], front="greeting: Hi.\n")
+    call = run(scenario, ["It shipped.", " It arrives Friday."], front=EARLY)
     (chat,) = call.fake.chats()  # the early request was the turn's request
     assert chat["messages"][-1] == {"role": "user", "content": "where is my order"}
     assert [c["text"] for c in call.tts()] == ["Hi.", "It shipped. ", "It arrives Friday."]
@@ -1258,7 +1261,7 @@ def test_an_early_turn_whose_final_differs_is_dropped_and_the_final_answered() -
         call.event("asrFinal", trackId="s1", index=0, text="What time do you open?")
         await call.turn_done()
 
-    call = run(scenario, ["Six."], ["We open at nine."], front="greeting: Hi.\n")
+    call = run(scenario, ["Six."], ["We open at nine."], front=EARLY)
     first, second = call.fake.chats()  # one LLM call wasted
     assert first["messages"][-1]["content"] == "what time"
     assert second["messages"][-1]["content"] == "What time do you open?"
@@ -1281,11 +1284,12 @@ def test_only_the_silence_that_ends_a_speech_segment_with_words_heard_starts_a_t
         call.at(4500).event("silence", trackId="s1", startTime=T0 + 3500, duration=700)
         await asyncio.sleep(0.1)
 
-    call = run(scenario, front="greeting: Hi.\n")
+    call = run(scenario, front=EARLY)
     assert call.fake.chats() == []
 
 
-def test_eou_type_none_turns_the_end_of_speech_trigger_off() -> None:
+@pytest.mark.parametrize("front", ["greeting: Hi.\n", "greeting: Hi.\neou:\n  type: none\n"])
+def test_the_end_of_speech_trigger_is_off_unless_eou_type_is_vad(front: str) -> None:
     async def scenario(call: Call) -> None:
         call.event("answer", trackId="s1", sdp="")
         call.heard(call.last_play_id())
@@ -1295,10 +1299,11 @@ def test_eou_type_none_turns_the_end_of_speech_trigger_off() -> None:
         call.event("asrFinal", trackId="s1", index=0, text="Where is my order?")
         await call.turn_done()
 
-    call = run(scenario, ["It shipped."], front="greeting: Hi.\neou:\n  type: none\n")
+    call = run(scenario, ["It shipped."], front=front)
     (chat,) = call.fake.chats()
     assert chat["messages"][-1] == {"role": "user", "content": "Where is my order?"}
-    assert call.playbook.option["eou"]["type"] == "none"  # still carried into the option
+    if "eou" in front:
+        assert call.playbook.option["eou"]["type"] == "none"  # still carried into the option
 
 
 # --- transfers ------------------------------------------------------------------------------------

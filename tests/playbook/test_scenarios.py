@@ -530,7 +530,7 @@ def wait_for(found: Any, timeout: float = 15) -> Any:
     return result
 
 
-# --- DTMF (SIP only: a /call client cannot send keys) ---------------------------------------------
+# --- DTMF: RFC 4733 events from sipp, in-band tones in a /call client's audio ---------------------
 
 MENU = """[case:menu/{{ call_type }}] Main menu: offer sales.
 <dtmf digit="1" action="goto" scene="sales"/>
@@ -540,18 +540,55 @@ MENU = """[case:menu/{{ call_type }}] Main menu: offer sales.
 """
 
 
-def test_a_dtmf_key_moves_the_call_to_another_scene(world: World) -> None:
+async def keys_over_websocket(world: World, case: str, *presses: tuple[str, str]) -> str:
+    """A ``/call`` client joins a run of ``case``; for each ``(after, keys)`` it waits until
+    the agent's line ``after`` has played, then presses ``keys`` (tones in its audio); hangs
+    up once the agent's last line has played. The session id."""
+    session_id = await start_run(world, case)
+    async with WsCaller.joined(world.node.http_port, session_id) as caller:
+        played = 0
+        for after, keys in presses:
+            await until_played(caller, played + 1)
+            played = sum(map(ended_play, caller.heard.events))
+            said = texts_heard(world, session_id)
+            assert any(after in text for text in said), (after, said)
+            await caller.press(keys)
+        await until_played(caller, played + 1, timeout=30)
+        await caller.send({"command": "hangup"})
+        await caller.ended()
+    return session_id
+
+
+async def until_played(caller: WsCaller, n: int, timeout: float = 20) -> None:
+    """Wait until ``n`` of the agent's lines have played to their end."""
+    async with asyncio.timeout(timeout):
+        while sum(map(ended_play, caller.heard.events)) < n:
+            assert not caller.closed.is_set(), caller.heard.names()
+            await asyncio.sleep(0.02)
+
+
+def texts_heard(world: World, session_id: str) -> list[str]:
+    return tts_texts(dump_of(world, session_id))
+
+
+@pytest.mark.parametrize("transport", ["websocket", "sip"])
+def test_a_dtmf_key_moves_the_call_to_another_scene(world: World, transport: str) -> None:
     world.playbook("menu", "greeting: Press one for sales.\n", MENU)
-    script = world.llm.script("menu", ["[case:menu/sip]"], ["Welcome to sales."])
-    steps = [*world.play("menu.pcap", 2500, Key("1"), 200), ("pause", 6000)]
-    code, out = asyncio.run(sip_call(world, "menu", steps, "bye"))
-    assert code == 0, out
-    _, dump = sip_dump(world.node.cwd / "dumps", "menu")
+    script = world.llm.script("menu", [f"[case:menu/{transport}]"], ["Welcome to sales."])
+    if transport == "websocket":
+        session_id = asyncio.run(keys_over_websocket(world, "menu", ("Press one", "1")))
+        dump, customer = dump_of(world, session_id), ""
+    else:
+        steps = [*world.play("menu.pcap", 2500, Key("1"), 200), ("pause", 6000)]
+        code, out = asyncio.run(sip_call(world, "menu", steps, "bye"))
+        assert code == 0, out
+        _, dump = sip_dump(world.node.cwd / "dumps", "menu")
+        customer = "menu-42"
     no_errors(dump)
     assert [e["digit"] for e in events(dump, "dtmf")] == ["1"]
     (chat,) = script.chats  # the key made the new scene's first turn
     system = chat["messages"][0]["content"]
-    assert "Sales scene: sell to menu-42." in system and "Main menu" not in system
+    assert f"Sales scene: sell to {customer}." in system and "Main menu" not in system
     assert tts_texts(dump) == ["Press one for sales.", "Welcome to sales."]
 
 
@@ -567,20 +604,33 @@ COLLECT_FRONT = """dtmfCollectors:
 """
 
 
-def test_a_collector_refuses_a_wrong_entry_then_takes_the_right_one(world: World) -> None:
+@pytest.mark.parametrize("transport", ["websocket", "sip"])
+def test_a_collector_refuses_a_wrong_entry_then_takes_the_right_one(
+    world: World, transport: str
+) -> None:
     world.playbook("collect", COLLECT_FRONT, "[case:collect/{{ call_type }}] Ask for the code.\n")
     first = [
         'Please enter your code. <collect type="pin" var="code"',
         ' prompt="Use the keypad."/>',
     ]
-    script = world.llm.script("collect", ["[case:collect/sip]"], first, ["Your code is accepted."])
-    wrong = [Key(d) for d in "3456"]
-    right = [Key(d) for d in "1234"]
-    keys = [*_spaced(wrong), 5000, *_spaced(right)]
-    steps = [*world.play("collect.pcap", 5000, *keys, 200), ("pause", 6000)]
-    code, out = asyncio.run(sip_call(world, "collect", steps, "bye"))
-    assert code == 0, out
-    _, dump = sip_dump(world.node.cwd / "dumps", "collect")
+    script = world.llm.script(
+        "collect", [f"[case:collect/{transport}]"], first, ["Your code is accepted."]
+    )
+    if transport == "websocket":
+        session_id = asyncio.run(
+            keys_over_websocket(
+                world, "collect", ("Use the keypad.", "3456"), ("not valid", "1234")
+            )
+        )
+        dump = dump_of(world, session_id)
+    else:
+        wrong = [Key(d) for d in "3456"]
+        right = [Key(d) for d in "1234"]
+        keys = [*_spaced(wrong), 5000, *_spaced(right)]
+        steps = [*world.play("collect.pcap", 5000, *keys, 200), ("pause", 6000)]
+        code, out = asyncio.run(sip_call(world, "collect", steps, "bye"))
+        assert code == 0, out
+        _, dump = sip_dump(world.node.cwd / "dumps", "collect")
     no_errors(dump)
     assert "".join(e["digit"] for e in events(dump, "dtmf")) == "34561234"
     texts = tts_texts(dump)
