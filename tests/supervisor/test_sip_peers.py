@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from string import Template
 from types import ModuleType
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import pytest
@@ -167,10 +167,11 @@ class Baresip:
     """A headless baresip with one account, ``user``, sending ``source`` (an 8 kHz WAV); see
     ``tests/data/baresip/config``. Use ``async with``."""
 
-    def __init__(self, cwd: Path, user: str, source: Path) -> None:
+    def __init__(self, cwd: Path, user: str, source: Path, codec: str = "g711") -> None:
         self.cwd = cwd
         self.user = user
         self.source = source
+        self.codec = codec  # baresip's codec module: the only codecs it offers
         self.record_dir = cwd / "heard"
         self.record_dir.mkdir()
         self.conf = cwd / "conf"
@@ -198,6 +199,7 @@ class Baresip:
             "record_dir": str(self.record_dir),
             "rtp_ports": f"{rtp}-{rtp + 99}",
             "user": self.user,
+            "codec_module": f"{self.codec}.so",
         }
         for name in ("config", "accounts"):
             text = (BARESIP_TEMPLATES / name).read_text()
@@ -212,7 +214,7 @@ class Baresip:
         """The tail of baresip's output."""
         return "baresip log:\n" + tail(self.log_path)
 
-    async def __aenter__(self) -> Baresip:
+    async def __aenter__(self) -> Self:
         binary = require("baresip", "baresip")
         # A port free when picked may be taken before baresip binds it: then try new ones.
         for _ in range(3):
@@ -317,13 +319,14 @@ class Baresip:
             got = [e.get("type") for e in self.events]
             raise AssertionError(f"no {kind} from baresip (got {got})\n" + self.log()) from None
 
-    def heard(self) -> np.ndarray:
-        """What baresip received in its call (its sndfile ``dec`` dump), 8 kHz int16."""
+    def heard(self) -> tuple[np.ndarray, int]:
+        """What baresip received in its call (its sndfile ``dec`` dump, at the codec's rate:
+        8 kHz for G.711, 16 kHz for G.722, 48 kHz stereo for Opus): its first channel and
+        rate."""
         dumps = sorted(self.record_dir.glob("dump-*-dec.wav"))
         assert len(dumps) == 1, (list(self.record_dir.iterdir()), self.log())
         data, rate = read_wav(dumps[0])
-        assert rate == 8000 and data.shape[1] == 1, (rate, data.shape)
-        return data[:, 0]
+        return data[:, 0], rate
 
 
 @pytest.fixture(scope="module")
@@ -381,8 +384,12 @@ async def _until(
         raise AssertionError(f"timed out waiting for {what}\n{logs()}") from None
 
 
+@pytest.mark.parametrize(
+    ("codec", "rtpmap"),
+    [("g711", "PCMU/8000"), ("g722", "G722/8000"), ("opus", "opus/48000/2")],
+)
 def test_baresip_calls_in_and_audio_flows_both_ways(
-    node: SipNode, tmp_path: Path, speech_8k_wav: Path, tone_wav: Path
+    node: SipNode, tmp_path: Path, speech_8k_wav: Path, tone_wav: Path, codec: str, rtpmap: str
 ) -> None:
     recording = tmp_path / "inbound.wav"
     option = {"vad": {}, "recorder": {"recorderFile": str(recording)}}
@@ -393,7 +400,7 @@ def test_baresip_calls_in_and_audio_flows_both_ways(
     async def scenario() -> tuple[Baresip, dict[str, Any], list[dict[str, Any]]]:
         react = _play_tone_on_answer(tone_wav)
         async with (
-            Baresip(tmp_path, "alice", speech_8k_wav) as phone,
+            Baresip(tmp_path, "alice", speech_8k_wav, codec) as phone,
             webhook_app(node, option, react, wants=from_alice) as app,
         ):
 
@@ -421,12 +428,13 @@ def test_baresip_calls_in_and_audio_flows_both_ways(
     names = event_names(events)
     assert names[:3] == ["incoming", "trackStart", "answer"], names
     assert events[0]["caller"].startswith("sip:alice@127.0.0.1")
-    assert "PCMU/8000" in events[2]["sdp"] or "PCMA/8000" in events[2]["sdp"]
+    assert rtpmap in events[2]["sdp"], events[2]["sdp"]  # our answer took baresip's codec
     assert names[-1] == "hangup" and events[-1]["initiator"] == "caller", events[-1]
     assert "error" not in names, events
     _check_speech_reached_activecall(events, recording)
-    heard = phone.heard()
-    assert TONE_FRAMES[0] <= tone_frames(heard) <= TONE_FRAMES[1], (tone_frames(heard), phone.log())
+    heard, rate = phone.heard()
+    frames = tone_frames(heard, rate)
+    assert TONE_FRAMES[0] <= frames <= TONE_FRAMES[1], (frames, rate, phone.log())
 
 
 def test_activecall_calls_baresip_which_answers_and_hears_the_play(
@@ -477,8 +485,9 @@ def test_activecall_calls_baresip_which_answers_and_hears_the_play(
     assert "error" not in names and "reject" not in names, events
     assert names[-1] == "hangup" and events[-1]["initiator"] == "caller", events[-1]
     _check_speech_reached_activecall(events, recording)
-    heard = phone.heard()
-    assert TONE_FRAMES[0] <= tone_frames(heard) <= TONE_FRAMES[1], (tone_frames(heard), phone.log())
+    heard, rate = phone.heard()
+    frames = tone_frames(heard, rate)
+    assert TONE_FRAMES[0] <= frames <= TONE_FRAMES[1], (frames, rate, phone.log())
 
 
 async def _call_out(node: SipNode, callee: str) -> list[dict[str, Any]]:
