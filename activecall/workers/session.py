@@ -931,6 +931,8 @@ class CallSession:
                 start_time=rfc3339(self._start),
                 hangup_time=rfc3339(end),
                 answer_time=rfc3339(self._answer) if self._answer else None,
+                # the call's extras (option.extra, set_var values of a playbook), as upstream
+                extra=dict(self.option.extra) if self.option and self.option.extra else None,
             )
         )
         media = self._close_recorder()

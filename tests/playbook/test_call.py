@@ -385,6 +385,8 @@ def test_set_var_values_are_in_the_call_record_and_llm_rounds_are_metrics(
     port = asyncio.run(main())
     (record,) = tmp_path.glob("*/*_pb8.json")
     assert json.loads(record.read_text())["extras"] == {"source": "playbook", "topic": "billing"}
+    (hangup,) = events(port, "hangup")  # the hangup event carries the same extras
+    assert hangup["extra"] == {"source": "playbook", "topic": "billing"}
     metrics = {e["key"]: e for e in events(port, "metrics") if ".llm." in e["key"]}
     assert set(metrics) == {"ttfb.llm.openai", "completed.llm.openai"}
     assert metrics["ttfb.llm.openai"]["data"] == {"playId": "pb8-pb1"}
