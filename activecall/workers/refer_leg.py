@@ -13,6 +13,8 @@ Leg states, in one place:
 state      input                         → state, what happens
 =========  ============================  =================================================
 DIALLING   ``ringing``                   DIALLING, ``ringing{refer}``
+DIALLING   ``ringing`` with SDP          DIALLING, ``ringing{refer, earlyMedia}``, the
+                                         leg's early media replaces the MOH once it arrives
 DIALLING   ``answer`` (usable SDP)       ANSWERED, ``answer{refer}``, media bridged
 DIALLING   ``reject``                    ENDED, ``reject{refer}``
 DIALLING   timeout                       ENDED, CANCEL, ``reject{408, refer}``
@@ -22,8 +24,12 @@ ANSWERED   :meth:`ReferLeg.hangup`       ENDED, BYE, ``hangup{refer}``
 =========  ============================  =================================================
 
 Every 20 ms the call asks :meth:`ReferLeg.tick` for the caller's agent frame: the music on
-hold (looped) while dialling, the leg's decoded audio once answered; the caller's own audio
-(:meth:`ReferLeg.caller_audio`, 16 kHz) is what the leg sends.
+hold (looped) while dialling, or the leg's early media (a 18x with SDP: ringback, an
+announcement) once its first packet arrives; the leg's decoded audio once answered (the 200's
+SDP may move the media). The caller's own audio (:meth:`ReferLeg.caller_audio`, 16 kHz) is
+what the leg sends once answered; before, the leg gets silence. The leg offers SDES-SRTP
+(``RTP/SAVP``) when its ``options.sip.enable_srtp`` says so, else when the node's
+``enable_srtp`` is on; SRTP is applied at the socket edge, as for a SIP call.
 """
 
 from __future__ import annotations
@@ -56,11 +62,32 @@ from activecall.protocol import (
 )
 from activecall.protocol.options import encode as encode_option
 from activecall.rtp.dtmf import DtmfError, parse_info_dtmf
-from activecall.rtp.media import Datagram, DigitReceived, PipelineEvent, RtpMediaPipeline
+from activecall.rtp.media import (
+    Datagram,
+    DigitReceived,
+    MediaReady,
+    PipelineEvent,
+    RtpMediaPipeline,
+)
 from activecall.rtp.packet import PacketError
-from activecall.rtp.sdp import SdpError, SessionDescription, answer, build_offer, parse_answer
+from activecall.rtp.sdp import (
+    NegotiatedMedia,
+    SdpError,
+    SessionDescription,
+    answer,
+    build_offer,
+    parse_answer,
+)
+from activecall.rtp.srtp import SrtpSession
 from activecall.workers.media_stats import MediaSample, rtp_sample
-from activecall.workers.sip_session import MediaSettings, _RtpPorts, port_share
+from activecall.workers.sip_session import (
+    MediaSettings,
+    _RtpPorts,
+    port_share,
+    receive_media,
+    send_media,
+    srtp_for,
+)
 
 __all__ = ["DEFAULT_TIMEOUT_S", "LEG", "LegState", "ReferLeg", "ReferParties"]
 
@@ -144,7 +171,16 @@ class ReferLeg:
         self._caller = Reframer(FRAME_SAMPLES)
         self._caller_frames: deque[Pcm] = deque()
         self._pipeline: RtpMediaPipeline | None = None
-        self._rtcp_mux = False
+        self._negotiated: NegotiatedMedia | None = None
+        self._srtp: SrtpSession | None = None  # keyed from self._negotiated.srtp
+        self._early_heard = False  # the leg's early media arrived: it replaces the MOH
+        sip_option = options.sip if options is not None else None
+        # The leg's own sip.enable_srtp, else the node's enable_srtp.
+        self._wants_srtp = (
+            sip_option.enable_srtp
+            if sip_option is not None and sip_option.enable_srtp is not None
+            else media.srtp
+        )
         self._now_ms = now_ms
         self._sdp_session = int(time.time() * 1000)
         self._sdp_version = 0
@@ -156,7 +192,11 @@ class ReferLeg:
             raise CommandError(f"refer: no RTP port: {exc}", "refer") from None
         try:
             self._offer: SessionDescription = build_offer(
-                media.codecs, media.ip, self._ports.port, session_id=self._sdp_session
+                media.codecs,
+                media.ip,
+                self._ports.port,
+                session_id=self._sdp_session,
+                srtp=self._wants_srtp,
             )
         except ValueError as exc:
             self._release()
@@ -201,9 +241,11 @@ class ReferLeg:
         return self.state is LegState.ANSWERED
 
     def media_sample(self) -> MediaSample:
-        """The leg's RTP counters for ``/metrics`` (empty until it is answered)."""
+        """The leg's RTP (and SRTP) counters for ``/metrics`` (empty until it has media)."""
         pipeline = self._pipeline
-        return rtp_sample(pipeline.stats()) if pipeline is not None else MediaSample("rtp", {})
+        if pipeline is None:
+            return MediaSample("rtp", {})
+        return rtp_sample(pipeline.stats(), self._srtp.stats if self._srtp is not None else None)
 
     def set_moh(self, pcm: Pcm) -> None:
         """The music on hold (16 kHz), played in a loop to the caller while dialling."""
@@ -242,7 +284,8 @@ class ReferLeg:
                     )
                 )
                 return None
-            return self._moh_frame()
+            early = self._early_tick(now_ms)
+            return early if early is not None else self._moh_frame()
         pipeline = self._pipeline
         if self.state is not LegState.ANSWERED or pipeline is None:
             return None
@@ -280,14 +323,17 @@ class ReferLeg:
         if event == "ringing":
             if self._ring_ms is None:
                 self._ring_ms = now_ms
+            sdp = str(record.get("sdp") or "")
             self._emit(
                 RingingEvent(
                     track_id=self.track_id,
                     timestamp=now_ms,
-                    early_media=bool(record.get("sdp")),
+                    early_media=bool(sdp),
                     refer=True,
                 )
             )
+            if sdp and self.state is LegState.DIALLING:
+                self._early_media(sdp)
         elif event == "answer":
             self._remote_answer(str(record.get("sdp") or ""), now_ms)
         elif event == "reject":
@@ -326,6 +372,8 @@ class ReferLeg:
         extras: dict[str, Any] = {"state": self.state.value}
         if self._pipeline is not None:
             extras["rtp"] = self._pipeline.stats().to_dict()
+        if self._srtp is not None:
+            extras["srtp"] = {"suite": self._srtp.suite, **self._srtp.stats.to_dict()}
         end = self._ended_ms if self._ended_ms is not None else self._now_ms
         return CallRecord(
             call_type=call_type,
@@ -351,8 +399,41 @@ class ReferLeg:
             track = self._moh_track = PlaybackTrack(self._moh)
         return track.next_frame()
 
+    def _early_media(self, sdp: str) -> None:
+        """A 18x with SDP: the leg's media starts (one-way, to the caller) before the 200."""
+        try:
+            media = parse_answer(self._offer, sdp)
+        except SdpError as exc:
+            # The 200 may still bring a usable answer; until then the caller hears the MOH.
+            log.info("refer leg %s: early media ignored: %s", self.call_id, exc)
+            return
+        self._use(media)
+
+    def _early_tick(self, now_ms: int) -> Pcm | None:
+        """The leg's early media for the caller, ``None`` while there is none (the MOH)."""
+        pipeline = self._pipeline
+        if pipeline is None:
+            return None
+        out = pipeline.tick(now_ms, time.time())  # silence to the leg: keeps its NAT open
+        self._send(out.datagrams)
+        self._events(out.events)
+        return out.pcm if self._early_heard else None
+
+    def _use(self, media: NegotiatedMedia) -> None:
+        """Media of an answer (early or final): a new pipeline, or the early one moved."""
+        if self._pipeline is None:
+            self._pipeline = RtpMediaPipeline(
+                media, latching=self._media.latching, cname=f"activecall-{self.call_id}"[:255]
+            )
+        else:
+            self._pipeline.update(media)
+        self._negotiated = media
+
     def _remote_answer(self, sdp: str, now_ms: int) -> None:
         if self.state is not LegState.DIALLING:
+            return
+        if not sdp.strip() and self._negotiated is not None:
+            self._answered(sdp, now_ms)  # the 200 keeps the early media's answer
             return
         try:
             media = parse_answer(self._offer, sdp)
@@ -369,10 +450,10 @@ class ReferLeg:
             self._end(now_ms, status=488, reason="failed")
             self._send_signal("bye")
             return
-        self._pipeline = RtpMediaPipeline(
-            media, latching=self._media.latching, cname=f"activecall-{self.call_id}"[:255]
-        )
-        self._rtcp_mux = media.rtcp_mux
+        self._use(media)
+        self._answered(sdp, now_ms)
+
+    def _answered(self, sdp: str, now_ms: int) -> None:
         self._status = 200
         self._answered_ms = now_ms
         self.state = LegState.ANSWERED
@@ -393,18 +474,20 @@ class ReferLeg:
                 ports.port,
                 session_id=self._sdp_session,
                 session_version=self._sdp_version,
+                srtp=self._wants_srtp,
+                srtp_key=self._negotiated.srtp if self._negotiated is not None else None,
             )
         except SdpError:
             self._send_signal("reanswer", code=488)
             return
         if self._pipeline is not None:
             self._pipeline.update(media)
-            self._rtcp_mux = media.rtcp_mux
+            self._negotiated = media
         self._send_signal("reanswer", sdp=local.serialize())
 
     def _end(self, now_ms: int, *, status: int, reason: str) -> None:
         pipeline = self._pipeline
-        if pipeline is not None and self.state is LegState.ANSWERED:
+        if pipeline is not None and self.state is not LegState.ENDED:
             self._send(pipeline.close(now_ms, time.time(), "leg ended"))
         self.state = LegState.ENDED
         self._status = status
@@ -448,8 +531,12 @@ class ReferLeg:
             except OSError:
                 return  # an ICMP error of an earlier send
             pipeline = self._pipeline
-            if pipeline is None or self.state is not LegState.ANSWERED:
-                continue  # early media of the leg is not played: the caller hears the MOH
+            if pipeline is None or self.state is LegState.ENDED:
+                continue  # no media negotiated yet (no 18x with SDP, no 200)
+            plain = receive_media(self._srtp_session(), data, rtcp)
+            if plain is None:
+                continue  # failed SRTP authentication or replay: counted in its stats
+            data = plain
             address = (str(source[0]), int(source[1]))
             try:
                 if rtcp:
@@ -458,6 +545,8 @@ class ReferLeg:
                     events = pipeline.receive(data, address, self._now_ms)
             except (PacketError, ValueError):
                 continue  # counted by the pipeline (bad_datagrams)
+            if any(isinstance(e, MediaReady) for e in events):
+                self._early_heard = True
             self._events(events)
 
     def _events(self, events: list[PipelineEvent]) -> None:
@@ -473,13 +562,17 @@ class ReferLeg:
                 )
 
     def _send(self, datagrams: list[Datagram]) -> None:
-        ports = self._ports
-        if ports is None:
-            return
-        for d in datagrams:
-            sock = ports.rtcp if d.rtcp and not self._rtcp_mux else ports.rtp
-            with contextlib.suppress(OSError):  # RTP is loss-tolerant
-                sock.sendto(d.data, d.address)
+        if self._ports is not None:
+            rtcp_mux = self._negotiated is not None and self._negotiated.rtcp_mux
+            send_media(
+                self._ports, datagrams, rtcp_mux, self._srtp_session(), f"refer leg {self.call_id}"
+            )
+
+    def _srtp_session(self) -> SrtpSession | None:
+        srtp = srtp_for(self._srtp, self._negotiated.srtp if self._negotiated else None)
+        if srtp is not None:
+            self._srtp = srtp
+        return srtp
 
     def _send_signal(self, action: str, **fields: Any) -> None:
         self._signal(action, leg=LEG, **fields)

@@ -90,6 +90,7 @@ from activecall.rtp.sdp import (
     NegotiatedMedia,
     SdpError,
     SessionDescription,
+    SrtpKeys,
     answer,
     build_offer,
     parse_answer,
@@ -99,7 +100,14 @@ from activecall.workers import control
 from activecall.workers.media_stats import rtp_sample, watch_media
 from activecall.workers.session import CallSession, CallState
 
-__all__ = ["MediaSettings", "SipCallSession", "port_share"]
+__all__ = [
+    "MediaSettings",
+    "SipCallSession",
+    "port_share",
+    "receive_media",
+    "send_media",
+    "srtp_for",
+]
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +125,51 @@ def port_share(first: int, last: int, workers: int, index: int) -> tuple[int, in
     lo = first + (index % workers) * span
     hi = last if index % workers == workers - 1 else lo + span - 1
     return lo, hi
+
+
+def srtp_for(current: SrtpSession | None, keys: SrtpKeys | None) -> SrtpSession | None:
+    """The SRTP contexts for the negotiated ``keys`` (``None``: plain RTP): ``current`` if it
+    runs with them, else new contexts (a re-offer's or a later answer's keys) that keep its
+    counters."""
+    if keys is None:
+        return None
+    if current is not None and current.keyed_as(keys.suite, keys.local_key, keys.remote_key):
+        return current
+    fresh = SrtpSession(keys.suite, keys.local_key, keys.remote_key)
+    if current is not None:
+        fresh.stats = current.stats
+    return fresh
+
+
+def receive_media(srtp: SrtpSession | None, data: bytes, rtcp: bool) -> bytes | None:
+    """A datagram from a call's RTP (or RTCP) port as its pipeline takes it: unprotected when
+    ``srtp``; ``None`` when it fails the SRTP checks (counted in ``srtp.stats``)."""
+    if srtp is None:
+        return data
+    # SRTCP on its own port; on the RTP port (rtcp-mux) the packet type tells.
+    return srtp.unprotect(data, True if rtcp else None)
+
+
+def send_media(
+    ports: _RtpPorts,
+    datagrams: list[Datagram],
+    rtcp_mux: bool,
+    srtp: SrtpSession | None,
+    who: str,
+) -> None:
+    """Send a pipeline's datagrams from a call's RTP ports, SRTP-protected when ``srtp``."""
+    for d in datagrams:
+        sock = ports.rtcp if d.rtcp and not rtcp_mux else ports.rtp
+        data = d.data
+        if srtp is not None:
+            try:
+                data = srtp.protect(data, d.rtcp)
+            except SrtpError as exc:  # never plain RTP on an SRTP stream
+                log.warning("%s: datagram not sent: %s", who, exc)
+                continue
+        # An unreachable peer (ICMP) or a full buffer: RTP is loss-tolerant.
+        with contextlib.suppress(OSError):
+            sock.sendto(data, d.address)
 
 
 @dataclass(frozen=True, slots=True)
@@ -766,13 +819,10 @@ class SipCallSession(CallSession):
             pipeline = self._pipeline
             if pipeline is None:
                 continue  # no media negotiated yet (before the answer or early media)
-            srtp = self._srtp_session()
-            if srtp is not None:
-                # SRTCP on its own port; on the RTP port (rtcp-mux) the packet type tells.
-                plain = srtp.unprotect(data, True if rtcp else None)
-                if plain is None:
-                    continue  # failed authentication or replay: counted in srtp.stats
-                data = plain
+            plain = receive_media(self._srtp_session(), data, rtcp)
+            if plain is None:
+                continue  # failed SRTP authentication or replay: counted in its stats
+            data = plain
             now = self.port.now_ms()
             address = (str(source[0]), int(source[1]))
             try:
@@ -795,22 +845,10 @@ class SipCallSession(CallSession):
                 self._emit(DtmfEvent(track_id=self.id, timestamp=now, digit=event.digit))
 
     def _send(self, datagrams: list[Datagram]) -> None:
-        ports = self._ports
-        if ports is None:
-            return
-        srtp = self._srtp_session()
-        for d in datagrams:
-            sock = ports.rtcp if d.rtcp and not self._rtcp_mux() else ports.rtp
-            data = d.data
-            if srtp is not None:
-                try:
-                    data = srtp.protect(data, d.rtcp)
-                except SrtpError as exc:  # never plain RTP on an SRTP stream
-                    log.warning("session %s: datagram not sent: %s", self.id, exc)
-                    continue
-            # An unreachable peer (ICMP) or a full buffer: RTP is loss-tolerant.
-            with contextlib.suppress(OSError):
-                sock.sendto(data, d.address)
+        if self._ports is not None:
+            send_media(
+                self._ports, datagrams, self._rtcp_mux(), self._srtp_session(), f"session {self.id}"
+            )
 
     def _rtcp_mux(self) -> bool:
         return self._negotiated is not None and self._negotiated.rtcp_mux
@@ -827,15 +865,9 @@ class SipCallSession(CallSession):
     def _srtp_session(self) -> SrtpSession | None:
         """The SRTP contexts of the negotiated keys (new keys from a re-offer or a later
         answer get new contexts; the counters carry on)."""
-        keys = self._negotiated.srtp if self._negotiated is not None else None
-        if keys is None:
-            return None
-        srtp = self._srtp
-        if srtp is None or not srtp.keyed_as(keys.suite, keys.local_key, keys.remote_key):
-            fresh = SrtpSession(keys.suite, keys.local_key, keys.remote_key)
-            if srtp is not None:
-                fresh.stats = srtp.stats
-            self._srtp = srtp = fresh
+        srtp = srtp_for(self._srtp, self._negotiated.srtp if self._negotiated else None)
+        if srtp is not None:
+            self._srtp = srtp
         return srtp
 
     # ------------------------------------------------------------------ output

@@ -4,12 +4,14 @@ sipp (UAC) calls the node; the webhook application accepts and sends ``refer`` t
 sipp (UAS), which checks the leg's INVITE (Call-ID ``ref-<n>-<session>`` and the
 ``X-Referred-*`` headers; a mismatch fails its call) and answers, refuses or never answers.
 The target runs with ``-rtp_echo``: what the leg sends it (the caller's speech) comes back,
-and the call's recorder hears it on the agent's channel.
+and the call's recorder hears it on the agent's channel. A browser call (aiortc on
+``/call/webrtc``) is referred the same way and hears its own tone come back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import wave
@@ -17,9 +19,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
 import pytest
-from websockets.asyncio.client import connect
+from aiortc import MediaStreamTrack, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+from websockets.asyncio.client import ClientConnection, connect
 
 from tests.supervisor.sip_helpers import (
     DATA,
@@ -33,6 +38,7 @@ from tests.supervisor.sip_helpers import (
     run_sipp,
     webhook_app,
 )
+from tests.supervisor.test_webrtc_call import Browser
 
 
 @pytest.fixture(scope="module")
@@ -272,3 +278,165 @@ def test_websocket_call_refers_to_sip_and_hears_the_leg(node: SipNode, run_dir: 
     spectrum = np.abs(np.fft.rfft(pcm))
     peak = float(np.fft.rfftfreq(len(pcm), 1 / 16000)[int(np.argmax(spectrum))])
     assert np.sqrt(np.mean(pcm**2)) > 300 and peak == pytest.approx(1000, abs=20)
+
+
+class ListeningBrowser(Browser):
+    """The aiortc browser, keeping what it hears (mono, at the decoder's rate) to analyse."""
+
+    def __init__(self, pcm: np.ndarray) -> None:
+        super().__init__(pcm)
+        self.frames: list[np.ndarray] = []
+        self.rate = 48000
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        # Browser keeps only levels; the echo check needs the samples (for their spectrum).
+        self._tasks.append(asyncio.ensure_future(self._keep(track)))
+
+    async def _keep(self, track: MediaStreamTrack) -> None:
+        with contextlib.suppress(MediaStreamError):  # the track ended: the call is over
+            while True:
+                frame = await track.recv()
+                self.frames.append(_mono(frame))
+                self.rate = frame.sample_rate
+
+
+def _mono(frame: av.AudioFrame) -> np.ndarray:
+    x = frame.to_ndarray().astype(np.float64).reshape(-1)
+    channels = len(frame.layout.channels)
+    return x.reshape(-1, channels).mean(axis=1) if channels > 1 else x
+
+
+def tone_level(pcm: np.ndarray, rate: int) -> tuple[float, float]:
+    """RMS of ``pcm`` and the frequency of its spectral peak."""
+    spectrum = np.abs(np.fft.rfft(pcm))
+    peak = float(np.fft.rfftfreq(len(pcm), 1 / rate)[int(np.argmax(spectrum))])
+    return float(np.sqrt(np.mean(pcm**2))) if len(pcm) else 0.0, peak
+
+
+async def until(
+    ws: ClientConnection, events: list[dict[str, Any]], name: str, refer: bool, timeout: float = 20
+) -> None:
+    """Read text events into ``events`` until one named ``name`` (of the leg or not)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            message = await ws.recv()
+            if isinstance(message, str):
+                events.append(json.loads(message))
+                if events[-1]["event"] == name and bool(events[-1].get("refer")) is refer:
+                    return
+
+
+def test_webrtc_call_refers_hears_its_echo_and_goes_on(node: SipNode, run_dir: Path) -> None:
+    """A browser call (aiortc) refers to a sipp target that echoes: its own 1 kHz tone comes
+    back through the leg; ``hangup{refer}`` ends the leg only and a play is heard after."""
+    target = Target("uas_refer_answer.xml", run_dir, "-rtp_echo")
+    rate = 16000
+    t = np.arange(rate * 20) / rate
+    mic = (8000 * np.sin(2 * np.pi * 1000 * t)).astype(np.int16)
+    after = run_dir / "after.wav"
+    with wave.open(str(after), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((8000 * np.sin(2 * np.pi * 600 * t[: rate * 2])).astype("<i2").tobytes())
+
+    async def scenario() -> tuple[ListeningBrowser, list[dict[str, Any]], dict[str, int]]:
+        await target.start()
+        browser = ListeningBrowser(mic)
+        await browser.pc.setLocalDescription(await browser.pc.createOffer())
+        events: list[dict[str, Any]] = []
+        marks: dict[str, int] = {}
+        try:
+            async with connect(f"ws://127.0.0.1:{node.http_port}/call/webrtc?id=wr-refer") as ws:
+                # The X-Referred-* headers the target checks come from the call's own parties.
+                option = {
+                    "offer": browser.pc.localDescription.sdp,
+                    "caller": "sip:sipp@127.0.0.1",
+                    "callee": "sip:1000@127.0.0.1:5060",
+                }
+                await ws.send(json.dumps({"command": "invite", "option": option}))
+                await until(ws, events, "answer", refer=False)
+                remote = RTCSessionDescription(sdp=events[-1]["sdp"], type="answer")
+                await browser.pc.setRemoteDescription(remote)
+                await asyncio.sleep(1.0)  # the peer connection is up, the tone flows
+                marks["before"] = len(browser.frames)
+                await ws.send(json.dumps({"command": "refer", "caller": "", "callee": target.uri}))
+                await until(ws, events, "answer", refer=True)
+                marks["answered"] = len(browser.frames)
+                await asyncio.sleep(2.0)  # the echo of the tone comes back through the leg
+                marks["echo"] = len(browser.frames)
+                await ws.send(json.dumps({"command": "hangup", "refer": True}))
+                await until(ws, events, "hangup", refer=True)
+                play = {"command": "play", "url": str(after), "playId": "after"}
+                await ws.send(json.dumps(play))
+                await until(ws, events, "trackEnd", refer=False)
+                await asyncio.sleep(0.3)  # the last frames cross the network
+                marks["played"] = len(browser.frames)
+                await ws.send(json.dumps({"command": "hangup", "reason": "done"}))
+                await until(ws, events, "hangup", refer=False)
+        finally:
+            await browser.close()
+        return browser, events, marks
+
+    browser, events, marks = asyncio.run(asyncio.wait_for(scenario(), 60))
+    code, out = asyncio.run(target.result())
+    assert code == 0, out  # the headers and the Call-ID matched; it got the leg's BYE
+    assert [e["event"] for e in refer_events(events)] == ["ringing", "answer", "hangup"]
+    assert "error" not in event_names(events)
+    assert events[-1]["event"] == "hangup" and events[-1]["reason"] == "done"
+    frames = browser.frames
+    # Before the refer the agent side is silent; through the leg, the browser's own tone.
+    level, _ = tone_level(np.concatenate(frames[: marks["before"]]), browser.rate)
+    assert level < 100
+    echo = np.concatenate(frames[marks["echo"] - 50 : marks["echo"]])  # the last second
+    level, peak = tone_level(echo, browser.rate)
+    assert level > 1000 and peak == pytest.approx(1000, abs=20)
+    # After hangup{refer} the call went on: the play reached the browser.
+    played = np.concatenate(frames[marks["played"] - 75 : marks["played"] - 25])
+    level, peak = tone_level(played, browser.rate)
+    assert level > 1000 and peak == pytest.approx(600, abs=20)
+
+
+def test_leg_early_media_reaches_a_websocket_caller_before_the_answer(
+    node: SipNode, run_dir: Path
+) -> None:
+    """The target answers 183 with SDP and plays speech before its 200 (as an announcement
+    does): the caller hears that speech while the leg rings, not silence."""
+    target = Target("uas_early_media.xml", run_dir)
+    (target.cwd / "speech_8s_pcmu.pcap").symlink_to(DATA / "speech_8s_pcmu.pcap")
+
+    async def scenario() -> tuple[int, str, list[dict[str, Any]], bytes, dict[str, int]]:
+        await target.start()
+        events: list[dict[str, Any]] = []
+        heard = bytearray()
+        marks: dict[str, int] = {}
+        async with connect(f"ws://127.0.0.1:{node.http_port}/call?id=ws-early") as ws:
+            await ws.send(json.dumps({"command": "invite", "option": {}}))
+            await ws.send(json.dumps({"command": "refer", "caller": "", "callee": target.uri}))
+
+            async def receive() -> None:
+                async for message in ws:
+                    if isinstance(message, bytes):
+                        heard.extend(message)
+                        continue
+                    events.append(json.loads(message))
+                    if events[-1].get("refer"):
+                        marks.setdefault(events[-1]["event"], len(heard))
+
+            reader = asyncio.create_task(receive())
+            async with asyncio.timeout(20):
+                while "answer" not in marks:
+                    await asyncio.sleep(0.02)
+            await ws.send(json.dumps({"command": "hangup", "reason": "done"}))
+            await asyncio.wait_for(reader, 10)
+        code, out = await target.result()
+        return code, out, events, bytes(heard), marks
+
+    code, out, events, heard, marks = asyncio.run(asyncio.wait_for(scenario(), 40))
+    assert code == 0, out  # the call's hangup sent the leg its BYE
+    legs = refer_events(events)
+    assert [e["event"] for e in legs] == ["ringing", "answer", "hangup"]
+    assert legs[0]["earlyMedia"] is True
+    early = np.frombuffer(heard[marks["ringing"] : marks["answer"]], dtype=np.int16)
+    assert len(early) > 3 * 16000  # the 4 s between the 183 and the 200
+    assert np.sqrt(np.mean(early.astype(np.float64) ** 2)) > 300, "no early media heard"

@@ -19,10 +19,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 import orjson
+import pylibsrtp
 import pytest
 
 from activecall.rtp.media import DigitReceived, RtpMediaPipeline
+from activecall.rtp.packet import is_rtcp
 from activecall.rtp.sdp import answer, build_offer, parse_answer
+from activecall.rtp.srtp import SUITES
 from activecall.workers.session import CallSession, CallState, SessionSettings
 from activecall.workers.sip_session import SipCallSession
 from tests.workers.test_session import Port
@@ -88,8 +91,9 @@ class Party:
             except BlockingIOError:
                 break
             self.packets += 1
-            if self.pipeline is not None:
-                for event in self.pipeline.receive(data, source, now):
+            plain = self.incoming(data)
+            if self.pipeline is not None and plain is not None:
+                for event in self.pipeline.receive(plain, source, now):
                     if isinstance(event, DigitReceived):
                         self.digits.append(event.digit)
         if self.pipeline is None:
@@ -97,7 +101,15 @@ class Party:
         out = self.pipeline.tick(now, time.time(), agent=frame)
         self.heard.append(out.pcm)
         for d in out.datagrams:
-            self.sock.sendto(d.data, d.address)
+            self.sock.sendto(self.outgoing(d.data, d.rtcp), d.address)
+
+    def incoming(self, data: bytes) -> bytes | None:
+        """A datagram as the pipeline takes it (``None``: dropped)."""
+        return data
+
+    def outgoing(self, data: bytes, rtcp: bool) -> bytes:
+        """A datagram of the pipeline as it goes on the wire."""
+        return data
 
     def rms(self, last: int | None = None) -> float:
         frames = self.heard[-last:] if last else self.heard
@@ -105,6 +117,45 @@ class Party:
             return 0.0
         pcm = np.concatenate(frames).astype(np.float64)
         return float(np.sqrt(np.mean(pcm**2)))
+
+
+_P = pylibsrtp.Policy
+
+
+class SrtpParty(Party):
+    """A party answering SDES-SRTP, its SRTP done by libsrtp contexts of its own (pylibsrtp
+    directly), keyed from the SDP: independent of :class:`activecall.rtp.srtp.SrtpSession`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures: list[str] = []
+        self.sent: list[bytes] = []  # the SRTP packets it sent, for the replay and tamper cases
+
+    def answer(self, offer: str) -> str:
+        sdp, media = answer(offer, ["pcmu", "telephone-event"], HOST, self.port)
+        assert media.srtp is not None, "the leg offered no crypto line"
+        profile = SUITES[media.srtp.suite][0]
+        self.out = pylibsrtp.Session(
+            _P(key=media.srtp.local_key, ssrc_type=_P.SSRC_ANY_OUTBOUND, srtp_profile=profile)
+        )
+        self.into = pylibsrtp.Session(
+            _P(key=media.srtp.remote_key, ssrc_type=_P.SSRC_ANY_INBOUND, srtp_profile=profile)
+        )
+        self.pipeline = RtpMediaPipeline(media)
+        return sdp.serialize()
+
+    def incoming(self, data: bytes) -> bytes | None:
+        try:
+            return self.into.unprotect_rtcp(data) if is_rtcp(data) else self.into.unprotect(data)
+        except pylibsrtp.Error as exc:
+            self.failures.append(str(exc))
+            return None
+
+    def outgoing(self, data: bytes, rtcp: bool) -> bytes:
+        out = self.out.protect_rtcp(data) if rtcp else self.out.protect(data)
+        if not rtcp:
+            self.sent.append(out)
+        return out
 
 
 @pytest.fixture(autouse=True)
@@ -455,3 +506,154 @@ def test_websocket_call_bridges_a_refer_leg(tmp_path: Path, rtp_range: tuple[int
     assert [r["action"] for r in port.leg_records()] == ["invite", "bye"]
     assert [e["event"] for e in refer_events(port)] == ["answer", "hangup"]
     assert names(port)[-1] == "hangup" and session.state is CallState.ENDED
+
+
+def srtp_call(tmp_path: Path, rtp_range: tuple[int, int]) -> SipCall:
+    """A SIP call on a node with ``enable_srtp`` on (the caller's own leg stays plain RTP)."""
+    call = SipCall.__new__(SipCall)
+    call.port = RealPort()
+    call.caller = Party()
+    sip = {"direction": "inbound", "caller": "sip:alice@127.0.0.1", "offer": call.caller.offer()}
+    call.session = SipCallSession(
+        call.port,
+        "d.srtp",
+        call_type="sip",
+        settings=settings(tmp_path),
+        params={"sip": sip, "media": {**media(rtp_range), "srtp": True}},
+    )
+    send(call.session, {"command": "accept", "option": {}})
+    (accept,) = [r for r in call.port.records if r["action"] == "accept"]
+    assert "RTP/AVP" in accept["sdp"] and "a=crypto" not in accept["sdp"]
+    call.caller.pipeline = RtpMediaPipeline(parse_answer(call.caller.sent_offer, accept["sdp"]))
+    return call
+
+
+def test_srtp_leg_is_bridged_and_drops_tampered_and_replayed_packets(
+    tmp_path: Path, rtp_range: tuple[int, int]
+) -> None:
+    async def scenario() -> tuple[SipCall, SrtpParty, dict[str, Any]]:
+        call = srtp_call(tmp_path, rtp_range)
+        target = SrtpParty()
+        send(call.session, {"command": "refer", "caller": "", "callee": "sip:bob@127.0.0.1"})
+        (invite,) = call.port.leg_records()
+        leg_says(call.session, event="answer", sdp=target.answer(invite["sdp"]))
+        await call.run(1.5, caller=tone(1000, 1.5), callee=tone(500, 1.5), target=target)
+        leg = call.session._refer
+        assert leg is not None
+        before = leg.call_record().extras
+        # A new packet with one payload byte flipped, then a copy of one already delivered.
+        assert target.pipeline is not None
+        destination = target.pipeline.session.remote_rtp
+        assert destination is not None
+        out = target.pipeline.tick(call.port.now_ms(), time.time(), agent=tone(500, 0.02))
+        assert not out.datagrams[0].rtcp
+        tampered = bytearray(target.outgoing(out.datagrams[0].data, False))
+        tampered[20] ^= 0x01
+        target.sock.sendto(bytes(tampered), destination)
+        target.sock.sendto(target.sent[-2], destination)
+        await call.run(0.2)
+        after = leg.call_record().extras
+        send(call.session, {"command": "hangup", "refer": True})
+        return call, target, {"invite": invite, "before": before, "after": after}
+
+    call, target, seen = asyncio.run(scenario())
+    offer = seen["invite"]["sdp"]
+    assert "RTP/SAVP" in offer and "a=crypto:" in offer
+    # The target decrypted the caller's tone; the caller heard the target's, decrypted.
+    heard_by_target = np.concatenate(target.heard[25:70])
+    assert rms(heard_by_target) > 2000
+    assert _peak_hz(heard_by_target) == pytest.approx(1000, abs=30)
+    heard_by_caller = np.concatenate(call.caller.heard[30:70])
+    assert rms(heard_by_caller) > 2000
+    assert _peak_hz(heard_by_caller) == pytest.approx(500, abs=30)
+    assert target.failures == []
+    before, after = seen["before"], seen["after"]
+    assert before["srtp"]["suite"] in SUITES and before["srtp"]["protected"] > 50
+    assert before["srtp"]["authFailures"] == 0 and before["srtp"]["replays"] == 0
+    # Both bad packets were dropped before the pipeline: counted, not received as RTP.
+    assert after["srtp"]["authFailures"] == 1 and after["srtp"]["replays"] == 1
+    assert after["srtp"]["unprotected"] == before["srtp"]["unprotected"]
+    received = after["rtp"]["session"]["receive"]["packets"]
+    assert received == before["rtp"]["session"]["receive"]["packets"]
+    state = finish(call)
+    assert state is CallState.ANSWERED
+    (cdr,) = (tmp_path / "cdr").rglob("*.json")
+    record = json.loads(cdr.read_text())["referCallrecord"]
+    assert record["extras"]["srtp"]["authFailures"] == 1
+
+
+def test_srtp_choice_of_the_leg_and_an_answer_without_crypto(
+    tmp_path: Path, rtp_range: tuple[int, int]
+) -> None:
+    async def scenario() -> tuple[SipCall, SipCall]:
+        on = srtp_call(tmp_path / "on", rtp_range)
+        # The leg's own sip.enable_srtp overrides the node's: plain RTP on an SRTP node.
+        plain = {"sip": {"enable_srtp": False}}
+        command = {"command": "refer", "caller": "", "callee": "sip:bob@127.0.0.1"}
+        send(on.session, {**command, "options": plain})
+        send(on.session, {"command": "hangup", "refer": True})
+        # ... and SRTP on a plain node; the answer comes back without crypto: unusable.
+        off = SipCall(tmp_path / "off", (rtp_range[0] + 10, rtp_range[1]))
+        send(off.session, {**command, "options": {"sip": {"enable_srtp": True}}})
+        (invite,) = [r for r in off.port.leg_records() if r["action"] == "invite"]
+        target = Party()
+        target.answer(build_offer(["pcmu"], HOST, 4000, session_id=1).serialize())
+        their = answer(invite["sdp"].replace("RTP/SAVP", "RTP/AVP"), ["pcmu"], HOST, target.port)[
+            0
+        ].serialize()
+        leg_says(off.session, event="answer", sdp=their)
+        await off.run(0.2)
+        return on, off
+
+    on, off = asyncio.run(scenario())
+    (first, _) = on.port.leg_records()
+    assert "RTP/AVP" in first["sdp"] and "a=crypto" not in first["sdp"]
+    invite = off.port.leg_records()[0]
+    assert "RTP/SAVP" in invite["sdp"] and "a=crypto:" in invite["sdp"]
+    (reject,) = refer_events(off.port)
+    assert reject["event"] == "reject" and reject["code"] == 488
+    assert "crypto" in reject["reason"] or "SRTP" in reject["reason"]
+    assert off.port.leg_records()[-1]["action"] == "bye"
+    assert finish(on) is CallState.ANSWERED and finish(off) is CallState.ANSWERED
+
+
+def test_early_media_of_the_leg_replaces_the_moh_until_the_200(
+    tmp_path: Path, rtp_range: tuple[int, int], moh_file: Path
+) -> None:
+    async def scenario() -> tuple[SipCall, Party, Party, dict[str, Any]]:
+        call = SipCall(tmp_path, rtp_range)
+        ringback, target = Party(), Party()
+        command = {"command": "refer", "caller": "", "callee": "sip:bob@127.0.0.1"}
+        send(call.session, {**command, "options": {"moh": str(moh_file)}})
+        (invite,) = call.port.leg_records()
+        await call.run(0.4)
+        leg_says(call.session, event="ringing", code=183, sdp="v=0 not an answer")
+        await call.run(0.4)  # an unusable early SDP: the MOH goes on
+        leg_says(call.session, event="ringing", code=183, sdp=ringback.answer(invite["sdp"]))
+        await call.run(0.4)  # early SDP, but no packet yet: still the MOH
+        marks = {"moh": len(call.caller.heard)}
+        await call.run(1.0, callee=tone(700, 1.0), target=ringback)
+        marks["early"] = len(call.caller.heard)
+        # The 200 moves the media to another address.
+        leg_says(call.session, event="answer", sdp=target.answer(invite["sdp"]))
+        await call.run(1.0, caller=tone(1000, 1.0), callee=tone(500, 1.0), target=target)
+        marks["answered"] = len(call.caller.heard)
+        return call, ringback, target, marks
+
+    call, ringback, target, marks = asyncio.run(scenario())
+    heard = call.caller.heard
+    events = refer_events(call.port)
+    assert [e["event"] for e in events] == ["ringing", "ringing", "answer"]
+    assert all(e["earlyMedia"] for e in events[:2])
+    # The MOH (440 Hz) until the first early packet, the 700 Hz ringback, then the target.
+    moh = np.concatenate(heard[marks["moh"] - 30 : marks["moh"]])
+    assert rms(moh) > 1000 and _peak_hz(moh) == pytest.approx(440, abs=30)
+    early = np.concatenate(heard[marks["early"] - 30 : marks["early"]])
+    assert rms(early) > 2000 and _peak_hz(early) == pytest.approx(700, abs=30)
+    bridged = np.concatenate(heard[marks["answered"] - 30 : marks["answered"]])
+    assert rms(bridged) > 2000 and _peak_hz(bridged) == pytest.approx(500, abs=30)
+    # Before the 200 the leg got silence, not the caller; after it, the caller's tone.
+    assert rms(np.concatenate(ringback.heard[10:])) < 100
+    heard_by_target = np.concatenate(target.heard[20:45])
+    assert _peak_hz(heard_by_target) == pytest.approx(1000, abs=30)
+    assert finish(call) is CallState.ANSWERED
