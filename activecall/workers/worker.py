@@ -18,8 +18,10 @@ Tick contract, every 20 ms (:mod:`activecall.workers.tick`):
    keeps the rest for the next tick.
 3. ``session.on_vad(probabilities)`` on each session that had chunks evaluated: their
    probabilities, in the order the chunks were handed over.
-4. ``session.tick(now_ms)`` on every session (agent audio out, timers), after VAD so a timer
-   sees the speech of this tick.
+
+Steps 1-3 run after ``session.tick(now_ms)`` on every session (agent audio out, timers, and
+for RTP and WebRTC calls the caller's frame of this tick), so the chunks a tick produced are
+evaluated in the same tick; a timer sees speech one tick (20 ms) after it was evaluated.
 
 Failures stay local: a session whose handler raises is logged and forgotten, and the worker
 reports it ``ended`` (with ``error``) in its place; no other session notices.
@@ -440,7 +442,6 @@ class Worker:
 
     def _tick(self, deadline_ns: int, lag_ns: int) -> None:
         live = list(self._sessions.values())
-        vad_ns = self._run_vad(live)
         now_ms = (deadline_ns + self._epoch_offset_ns) // 1_000_000
         for ctx in live:
             if ctx._ended:
@@ -449,6 +450,9 @@ class Worker:
                 ctx._session.tick(now_ms)
             except Exception as exc:
                 self._fail(ctx, exc)
+        # After the ticks: an RTP or WebRTC call decodes its caller's frame in its tick, and
+        # its chunk is evaluated in this tick's batch instead of waiting 20 ms for the next.
+        vad_ns = self._run_vad(live)
         self._interval.add_tick(lag_ns, vad_ns)
 
     def _run_vad(self, live: list[SessionContext]) -> int | None:
