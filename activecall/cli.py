@@ -10,7 +10,7 @@ import importlib
 import ipaddress
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
@@ -244,6 +244,12 @@ def config_group() -> None:
 def config_check(file: str) -> None:
     """Print every problem of FILE with its line; exit 1 if any is an error."""
     _, problems = check_config(file)
+    _report(file, problems)
+
+
+def _report(file: str, problems: Sequence[Any]) -> None:
+    """Print each problem (``location``, ``severity``, ``message``) and a summary line; exit 1
+    when any is an error."""
     for problem in problems:
         click.echo(f"{problem.location}: {problem.severity}: {problem.message}")
     errors = sum(p.severity == "error" for p in problems)
@@ -289,11 +295,4 @@ def playbook_check(file: str) -> None:
     from activecall.playbook.parser import check_playbook
 
     _, problems = check_playbook(file)
-    for problem in problems:
-        click.echo(f"{problem.location}: {problem.severity}: {problem.message}")
-    errors = sum(p.severity == "error" for p in problems)
-    warnings = len(problems) - errors
-    if errors:
-        click.echo(f"{file}: {_count(errors, 'error')}, {_count(warnings, 'warning')}")
-        raise SystemExit(1)
-    click.echo(f"{file}: OK" + (f" ({_count(warnings, 'warning')})" if warnings else ""))
+    _report(file, problems)
