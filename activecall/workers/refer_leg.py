@@ -34,12 +34,10 @@ what the leg sends once answered; before, the leg gets silence. The leg offers S
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import enum
 import logging
 import random
-import socket
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -69,7 +67,6 @@ from activecall.rtp.media import (
     PipelineEvent,
     RtpMediaPipeline,
 )
-from activecall.rtp.packet import PacketError
 from activecall.rtp.sdp import (
     NegotiatedMedia,
     SdpError,
@@ -96,7 +93,6 @@ log = logging.getLogger(__name__)
 LEG = "refer"
 """The ``leg`` field of the leg's ``sip`` records."""
 DEFAULT_TIMEOUT_S = 30
-_READ_BURST = 64  # datagrams read per wake-up at most
 _MAX_CALLER_FRAMES = 5  # caller frames waiting for the leg beyond this are dropped (latency)
 
 
@@ -184,7 +180,6 @@ class ReferLeg:
         self._now_ms = now_ms
         self._sdp_session = int(time.time() * 1000)
         self._sdp_version = 0
-        self._loop = asyncio.get_running_loop()
         share = port_share(*media.ports, media.workers, worker_index)
         try:
             self._ports: _RtpPorts | None = _RtpPorts(media.bind_ip, share)
@@ -201,8 +196,7 @@ class ReferLeg:
         except ValueError as exc:
             self._release()
             raise CommandError(f"refer: cannot make an SDP offer: {exc}", "refer") from None
-        self._loop.add_reader(self._ports.rtp.fileno(), self._readable, self._ports.rtp, False)
-        self._loop.add_reader(self._ports.rtcp.fileno(), self._readable, self._ports.rtcp, True)
+        self._ports.watch(self._datagram)
         self._invite(command, parties)
 
     def _invite(self, command: ReferCommand, parties: ReferParties) -> None:
@@ -515,39 +509,19 @@ class ReferLeg:
 
     def _release(self) -> None:
         ports, self._ports = self._ports, None
-        if ports is None:
-            return
-        if not self._loop.is_closed():
-            self._loop.remove_reader(ports.rtp.fileno())
-            self._loop.remove_reader(ports.rtcp.fileno())
-        ports.close()
+        if ports is not None:
+            ports.close()
 
-    def _readable(self, sock: socket.socket, rtcp: bool) -> None:
-        for _ in range(_READ_BURST):
-            try:
-                data, source = sock.recvfrom(2048)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return  # an ICMP error of an earlier send
-            pipeline = self._pipeline
-            if pipeline is None or self.state is LegState.ENDED:
-                continue  # no media negotiated yet (no 18x with SDP, no 200)
-            plain = receive_media(self._srtp_session(), data, rtcp)
-            if plain is None:
-                continue  # failed SRTP authentication or replay: counted in its stats
-            data = plain
-            address = (str(source[0]), int(source[1]))
-            try:
-                if rtcp:
-                    events = pipeline.receive_rtcp(data, address, self._now_ms)
-                else:
-                    events = pipeline.receive(data, address, self._now_ms)
-            except (PacketError, ValueError):
-                continue  # counted by the pipeline (bad_datagrams)
-            if any(isinstance(e, MediaReady) for e in events):
-                self._early_heard = True
-            self._events(events)
+    def _datagram(self, data: bytes, source: tuple[str, int], rtcp: bool) -> None:
+        pipeline = self._pipeline
+        if pipeline is None or self.state is LegState.ENDED:
+            return  # no media negotiated yet (no 18x with SDP, no 200)
+        events = receive_media(pipeline, self._srtp_session(), data, source, rtcp, self._now_ms)
+        if events is None:
+            return  # failed SRTP, or not a packet: counted
+        if any(isinstance(e, MediaReady) for e in events):
+            self._early_heard = True
+        self._events(events)
 
     def _events(self, events: list[PipelineEvent]) -> None:
         for event in events:

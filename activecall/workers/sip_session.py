@@ -44,6 +44,7 @@ import functools
 import logging
 import socket
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -141,13 +142,29 @@ def srtp_for(current: SrtpSession | None, keys: SrtpKeys | None) -> SrtpSession 
     return fresh
 
 
-def receive_media(srtp: SrtpSession | None, data: bytes, rtcp: bool) -> bytes | None:
-    """A datagram from a call's RTP (or RTCP) port as its pipeline takes it: unprotected when
-    ``srtp``; ``None`` when it fails the SRTP checks (counted in ``srtp.stats``)."""
-    if srtp is None:
-        return data
-    # SRTCP on its own port; on the RTP port (rtcp-mux) the packet type tells.
-    return srtp.unprotect(data, True if rtcp else None)
+def receive_media(
+    pipeline: RtpMediaPipeline,
+    srtp: SrtpSession | None,
+    data: bytes,
+    source: tuple[str, int],
+    rtcp: bool,
+    now_ms: int,
+) -> list[PipelineEvent] | None:
+    """A datagram from a leg's RTP (or RTCP) port into its pipeline, unprotected first when
+    ``srtp``; its events, or ``None`` when it was dropped (it failed the SRTP checks: counted
+    in ``srtp.stats``; it is no RTP/RTCP packet: counted by the pipeline)."""
+    if srtp is not None:
+        # SRTCP on its own port; on the RTP port (rtcp-mux) the packet type tells.
+        plain = srtp.unprotect(data, True if rtcp else None)
+        if plain is None:
+            return None
+        data = plain
+    try:
+        if rtcp:
+            return pipeline.receive_rtcp(data, source, now_ms)
+        return pipeline.receive(data, source, now_ms)
+    except (PacketError, ValueError):
+        return None
 
 
 def send_media(
@@ -213,6 +230,7 @@ class _RtpPorts:
     """The call's RTP socket and the RTCP one beside it (even port, port + 1)."""
 
     def __init__(self, bind_ip: str, share: tuple[int, int]) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None  # reading on it (watch)
         lo, hi = share
         first = lo + (lo % 2)
         count = max(1, (hi - first + 1) // 2)
@@ -232,9 +250,35 @@ class _RtpPorts:
             return
         raise OSError(errno.EADDRINUSE, f"no free RTP port pair in {lo}-{hi}")
 
+    def watch(self, on_datagram: OnDatagram) -> None:
+        """Read both sockets on the running loop: ``on_datagram(data, source, rtcp)``."""
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self.rtp.fileno(), _drain, self.rtp, False, on_datagram)
+        self._loop.add_reader(self.rtcp.fileno(), _drain, self.rtcp, True, on_datagram)
+
     def close(self) -> None:
+        """Stop reading and close both sockets."""
+        loop, self._loop = self._loop, None
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(self.rtp.fileno())
+            loop.remove_reader(self.rtcp.fileno())
         self.rtp.close()
         self.rtcp.close()
+
+
+OnDatagram = Callable[[bytes, tuple[str, int], bool], None]
+"""What reads a leg's sockets calls: ``(data, source, rtcp)``."""
+
+
+def _drain(sock: socket.socket, rtcp: bool, on_datagram: OnDatagram) -> None:
+    for _ in range(_READ_BURST):
+        try:
+            data, source = sock.recvfrom(2048)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            return  # an ICMP error of an earlier send; nothing to read
+        on_datagram(data, (str(source[0]), int(source[1])), rtcp)
 
 
 def _bind(ip: str, port: int) -> socket.socket | None:
@@ -262,7 +306,6 @@ class SipCallSession(CallSession):
         self.media_settings = MediaSettings.from_params(self.params.get("media"))
         self._worker_index = int(getattr(port, "worker_index", 0))
         self._ports: _RtpPorts | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._pipeline: RtpMediaPipeline | None = None
         self._offer: SessionDescription | None = None  # ours (outbound)
         self._negotiated: NegotiatedMedia | None = None
@@ -786,18 +829,12 @@ class SipCallSession(CallSession):
             self._ports = _RtpPorts(settings.bind_ip, share)
         except OSError as exc:
             raise CommandError(f"no RTP port: {exc}", "invite") from None
-        self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self._ports.rtp.fileno(), self._readable, self._ports.rtp, False)
-        self._loop.add_reader(self._ports.rtcp.fileno(), self._readable, self._ports.rtcp, True)
+        self._ports.watch(self._datagram)
 
     def _release(self) -> None:
         ports, self._ports = self._ports, None
-        if ports is None:
-            return
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.remove_reader(ports.rtp.fileno())
-            self._loop.remove_reader(ports.rtcp.fileno())
-        ports.close()
+        if ports is not None:
+            ports.close()
 
     def _start_pipeline(self) -> None:
         media = self._negotiated
@@ -808,33 +845,17 @@ class SipCallSession(CallSession):
         )
         watch_media(self.port, lambda: rtp_sample(pipeline.stats(), self._srtp_stats()))
 
-    def _readable(self, sock: socket.socket, rtcp: bool) -> None:
-        for _ in range(_READ_BURST):
-            try:
-                data, source = sock.recvfrom(2048)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return  # an ICMP error of an earlier send; nothing to read
-            pipeline = self._pipeline
-            if pipeline is None:
-                continue  # no media negotiated yet (before the answer or early media)
-            plain = receive_media(self._srtp_session(), data, rtcp)
-            if plain is None:
-                continue  # failed SRTP authentication or replay: counted in its stats
-            data = plain
-            now = self.port.now_ms()
-            address = (str(source[0]), int(source[1]))
-            try:
-                if rtcp:
-                    events = pipeline.receive_rtcp(data, address, now)
-                else:
-                    events = pipeline.receive(data, address, now)
-            except (PacketError, ValueError):
-                continue  # counted by the pipeline (bad_datagrams)
-            if not rtcp:
-                self._last_packet_ms = now
-            self._events(events)
+    def _datagram(self, data: bytes, source: tuple[str, int], rtcp: bool) -> None:
+        pipeline = self._pipeline
+        if pipeline is None:
+            return  # no media negotiated yet (before the answer or early media)
+        now = self.port.now_ms()
+        events = receive_media(pipeline, self._srtp_session(), data, source, rtcp, now)
+        if events is None:
+            return  # failed SRTP, or not a packet: counted
+        if not rtcp:
+            self._last_packet_ms = now
+        self._events(events)
 
     def _events(self, events: list[PipelineEvent]) -> None:
         for event in events:
