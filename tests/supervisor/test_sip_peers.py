@@ -47,6 +47,7 @@ from activecall.providers.registry import registry
 from tests.supervisor.sip_helpers import (
     DATA,
     SIPP_PCAPS,
+    App,
     Reaction,
     SipNode,
     event_names,
@@ -359,6 +360,40 @@ def _check_speech_reached_activecall(events: list[dict[str, Any]], recording: Pa
     assert TONE_FRAMES[0] <= tone_frames(agent, 16000) <= TONE_FRAMES[1]
 
 
+async def dial_in(
+    phone: Baresip,
+    node: SipNode,
+    app: App,
+    port: int,
+    answered: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``phone`` calls the node's ``port``; once the tone has played and a speech segment of
+    the phone's was heard, it hangs up. ``answered`` runs on our ``answer`` event first. The
+    phone's ``CALL_ESTABLISHED`` and the call's events."""
+
+    def logs() -> str:
+        return f"{phone.log()}\nnode log:\n{node.logs()[-3000:]}\nevents: {app.events}"
+
+    def answers() -> list[dict[str, Any]]:
+        return [e for events in app.events.values() for e in events if e["event"] == "answer"]
+
+    await phone.command("dial", f"sip:1000@127.0.0.1:{port}")
+    established = await phone.event("CALL_ESTABLISHED")
+    if answered is not None:
+        await _until(lambda: bool(answers()), "the answer event", 5, logs)
+        answered(answers()[0])
+    # the tone was played, and the phone's speech was heard (a VAD segment ended)
+    await _until(
+        lambda: any(_played(e) and "silence" in event_names(e) for e in app.events.values()),
+        "the tone to play and a speech segment",
+        20,
+        logs,
+    )
+    await phone.command("hangup")
+    await phone.event("CALL_CLOSED")
+    return established, await app.call_events()
+
+
 def _play_tone_on_answer(url: Path) -> Reaction:
     def react(event: dict[str, Any]) -> list[dict[str, Any]]:
         if event["event"] == "answer":
@@ -403,24 +438,7 @@ def test_baresip_calls_in_and_audio_flows_both_ways(
             Baresip(tmp_path, "alice", speech_8k_wav, codec) as phone,
             webhook_app(node, option, react, wants=from_alice) as app,
         ):
-
-            def logs() -> str:
-                return f"{phone.log()}\nnode log:\n{node.logs()[-3000:]}\nevents: {app.events}"
-
-            await phone.command("dial", f"sip:1000@127.0.0.1:{node.sip_port}")
-            established = await phone.event("CALL_ESTABLISHED")
-            # the tone was played, and baresip's speech was heard (a VAD segment ended)
-            await _until(
-                lambda: any(
-                    _played(e) and "silence" in event_names(e) for e in app.events.values()
-                ),
-                "the tone to play and a speech segment",
-                20,
-                logs,
-            )
-            await phone.command("hangup")
-            await phone.event("CALL_CLOSED")
-            events = await app.call_events()
+            established, events = await dial_in(phone, node, app, node.sip_port)
         return phone, established, events
 
     phone, established, events = asyncio.run(scenario())

@@ -51,7 +51,7 @@ from tests.supervisor.test_sip_peers import (
     Baresip,
     _play_tone_on_answer,
     _played,
-    _until,
+    dial_in,
     tone,
     tone_frames,
     write_wav,
@@ -541,25 +541,9 @@ def test_baresip_calls_over_tls_with_srtp_and_audio_flows_both_ways(
             TlsBaresip(tmp_path, "alice", speech_8k_wav, phone_pem, pki.ca) as phone,
             webhook_app(node, {"vad": {}}, react, wants=from_alice) as app,
         ):
-
-            def logs() -> str:
-                return f"{phone.log()}\nnode log:\n{node.logs()[-3000:]}\nevents: {app.events}"
-
-            await phone.command("dial", f"sip:1000@127.0.0.1:{node.tls_port}")
-            established = await phone.event("CALL_ESTABLISHED")
-            await _until(lambda: bool(_answers(app.events)), "the answer event", 5, logs)
-            _forge_srtp(_answers(app.events)[0])
-            await _until(
-                lambda: any(
-                    _played(e) and "silence" in event_names(e) for e in app.events.values()
-                ),
-                "the tone to play and a speech segment",
-                20,
-                logs,
+            established, events = await dial_in(
+                phone, node, app, node.tls_port, lambda answer: _forge_srtp(answer["sdp"])
             )
-            await phone.command("hangup")
-            await phone.event("CALL_CLOSED")
-            events = await app.call_events()
         return phone, established, events
 
     phone, established, events = asyncio.run(scenario())
@@ -579,10 +563,6 @@ def test_baresip_calls_over_tls_with_srtp_and_audio_flows_both_ways(
 
 
 FORGED = 5
-
-
-def _answers(calls: dict[str, list[dict[str, Any]]]) -> list[str]:
-    return [e["sdp"] for events in calls.values() for e in events if e["event"] == "answer"]
 
 
 def _forge_srtp(answer_sdp: str) -> None:
