@@ -521,8 +521,10 @@ class CallSession:
             self._track_started = True
             self._emit(TrackStartEvent(track_id=self.id, timestamp=self.port.now_ms()))
 
-    def answered(self, sdp: str) -> None:
-        """The media is up: start the call's processors, ``trackStart`` then ``answer``."""
+    def answered(self, sdp: str, *, announce: bool = True) -> None:
+        """The media is up: start the call's processors, ``trackStart`` then ``answer``
+        (``announce=False``: not yet, see :meth:`announce_answer`; outbound early media runs
+        the processors before the 200)."""
         if self.state is not CallState.CREATED or self._invite_option is None:
             return
         option = self._invite_option
@@ -548,11 +550,17 @@ class CallSession:
                 self._error("realtime", str(exc))
         now = self.port.now_ms()
         self.state = CallState.ANSWERED
-        self._answer = _utc(now)
         self._timers.last_audio_ms = now
         self.track_start()
-        self._emit(AnswerEvent(track_id=self.id, timestamp=now, sdp=sdp))
+        if announce:
+            self.announce_answer(sdp)
         self._start_ambiance(option)
+
+    def announce_answer(self, sdp: str) -> None:
+        """``answer``, and the call's answer time: now."""
+        now = self.port.now_ms()
+        self._answer = _utc(now)
+        self._emit(AnswerEvent(track_id=self.id, timestamp=now, sdp=sdp))
 
     def _start_agc(self, agc: Mapping[str, Any]) -> None:
         known = {k: v for k, v in agc.items() if k in AGC_KEYS}  # unknown keys: PROTOCOL rule 3

@@ -54,12 +54,10 @@ from activecall.media.codec import Pcm
 from activecall.media.playback import PlaybackError, PlaybackTrack, decode_audio_file
 from activecall.protocol import (
     AcceptCommand,
-    AnswerEvent,
     CallOption,
     Command,
     CommandError,
     DtmfEvent,
-    Event,
     HangupCommand,
     HoldEvent,
     IncomingEvent,
@@ -327,7 +325,6 @@ class SipCallSession(CallSession):
         self._srtp: SrtpSession | None = None  # keyed from self._negotiated.srtp
         self._srtp_choice: bool | None = None  # the call's sip.enable_srtp, if given
         self._early = False  # media before the answer (a 183 with SDP, either way)
-        self._held_answer = False  # outbound early media: the next ``answer`` waits for the 200
         self._answered_leg = False  # the 200 went out / came in
         self._ringtone: PlaybackTrack | None = None
         self._ringtone_pcm: Pcm | None = None
@@ -682,12 +679,9 @@ class SipCallSession(CallSession):
             return  # another 18x: the media moved, the processors run already
         self._early = True
         self._answered_ms = self.port.now_ms()
-        # answered() starts the call's processors (VAD, ASR, recorder, ...) as at a 200;
-        # its ``answer`` event is held back (see _emit) and the answer time undone.
-        self._held_answer = True
-        self.answered(sdp)
-        self._held_answer = False
-        self._answer = None
+        # The call's processors (VAD, ASR, recorder, ...) start as at a 200; ``answer`` and
+        # the answer time wait for the 200.
+        self.answered(sdp, announce=False)
 
     def _remote_answer(self, sdp: str) -> None:
         if self._offer is None or self._answered_leg:
@@ -710,8 +704,7 @@ class SipCallSession(CallSession):
             return
         # After early media the processors run already: only the answer is left to say.
         self._early = False
-        self._answer = datetime.fromtimestamp(now / 1000, UTC)
-        self._emit(AnswerEvent(track_id=self.id, timestamp=now, sdp=sdp))
+        self.announce_answer(sdp)
 
     def _use_answer(self, media: NegotiatedMedia) -> None:
         """Run the media as ``media`` says (starting it, or moving it: a new 18x/200 SDP)."""
@@ -892,11 +885,6 @@ class SipCallSession(CallSession):
         return srtp
 
     # ------------------------------------------------------------------ output
-
-    def _emit(self, event: Event) -> None:
-        if self._held_answer and isinstance(event, AnswerEvent) and not event.refer:
-            return  # outbound early media: ``answer`` is the 200's (see _early_answer)
-        super()._emit(event)
 
     def _signal(self, action: str, **fields: Any) -> None:
         """A ``sip`` record to the supervisor (a text record: see workers.control)."""
